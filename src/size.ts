@@ -1,0 +1,43 @@
+/**
+ * Sizes as users write them, nbdkit style: a plain byte count or a number with a binary
+ * suffix (k/K = 1024, M, G, T, P, E; an optional trailing "B" or "iB" is accepted).
+ */
+import { ConfigError } from './errors';
+
+const SUFFIX: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: 2 ** 10,
+  m: 2 ** 20,
+  g: 2 ** 30,
+  t: 2 ** 40,
+  p: 2 ** 50,
+  e: 2 ** 60,
+};
+
+/** Parse "8M", "1G", "4096", "1.5G". Throws ConfigError naming `what` on nonsense. */
+export function parseSize(text: string | number, what = 'size'): number {
+  if (typeof text === 'number') {
+    if (Number.isSafeInteger(text) && text >= 0) return text;
+    throw new ConfigError(`invalid ${what} ${text}: expected a whole number of bytes`);
+  }
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtTpPeE]?)(?:i?[bB])?\s*$/.exec(text);
+  if (!m) throw new ConfigError(`invalid ${what} '${text}': expected bytes or a number with K, M, G, T suffix`);
+  const value = Number(m[1]) * SUFFIX[m[2].toLowerCase()];
+  if (!Number.isSafeInteger(value)) {
+    throw new ConfigError(`invalid ${what} '${text}': not a whole number of bytes or too large`);
+  }
+  return value;
+}
+
+/** "8 MiB", "1.50 GiB": for logs and summaries. */
+export function formatBytes(n: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n} bytes` : `${v.toFixed(2)} ${units[i]}`;
+}
