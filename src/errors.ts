@@ -40,6 +40,8 @@ export interface HttpFailure {
   body?: string;
   /** Which pooled connection carried it. */
   connection?: number;
+  /** Error code when no response arrived (ECONNREFUSED, UND_ERR_SOCKET, UND_ERR_HEADERS_TIMEOUT...). */
+  code?: string;
 }
 
 /** An imageio request that failed: HTTP status or network error. Reaches NBD as EIO unless said otherwise. */
