@@ -154,3 +154,16 @@ export const BASE_ALLOCATION = 'base:allocation';
 
 /** Default TCP port for NBD. */
 export const NBD_DEFAULT_PORT = 10809;
+
+/** Size of an option reply header: magic, option, reply type, length. */
+export const OPTION_REPLY_HEADER_SIZE = 20;
+/** Size of the client flags word that starts the client's side of the handshake. */
+export const CLIENT_FLAGS_SIZE = 4;
+/** Size of the server greeting: NBDMAGIC, IHAVEOPT, handshake flags. */
+export const SERVER_GREETING_SIZE = 18;
+/** Zero padding after the NBD_OPT_EXPORT_NAME reply unless NO_ZEROES was agreed. */
+export const EXPORT_NAME_REPLY_PADDING = 124;
+/** Spec: strings (export names, messages, queries) MUST be no longer than 4096 bytes. */
+export const MAX_STRING_LENGTH = 4096;
+/** Size of one base:allocation block status descriptor: u32 length, u32 flags. */
+export const BLOCK_DESCRIPTOR_SIZE = 8;
