@@ -121,6 +121,11 @@ const CLIENT_KEEPALIVE_MS = 3600_000;
 const CLOSE_TIMEOUT_MS = 5000;
 /** A PATCH zero may take a while on servers that write zeroes: one timeout per 4 GiB. */
 const ZERO_BYTES_PER_TIMEOUT = 4 * 1024 ** 3;
+/**
+ * A flush may sync a whole upload's worth of data, and timing it out on a dirty connection
+ * reports data loss: give it at least this long.
+ */
+const MIN_FLUSH_TIMEOUT_MS = 300_000;
 
 const TLS_VERIFY_CODES = new Set([
   'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
@@ -617,6 +622,8 @@ export class ImageioBackend implements Backend {
         headers: { 'content-type': 'application/json' },
         body: Buffer.from('{"op":"flush"}'),
         ok: [200, 204],
+        // The keeper's flush only has the idle connection's recent writes to sync.
+        headersTimeout: op === 'keepalive' ? undefined : Math.max(this.opts.requestTimeoutMs, MIN_FLUSH_TIMEOUT_MS),
       },
       conn,
     );
