@@ -5,7 +5,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
+import { mkdtempSync, promises as fsp, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
@@ -180,26 +180,28 @@ describe('negotiation', () => {
 });
 
 describe('HTTPS', () => {
-  let pki: { ca: string; otherCa: string; cert: Buffer; key: Buffer };
+  let pki: { dir: string; ca: string; otherCa: string; cert: Buffer; key: Buffer };
 
   beforeAll(() => {
-    const d = execFileSync('mktemp', ['-d']).toString().trim();
+    const d = mkdtempSync(path.join(os.tmpdir(), 'imageio-backend-pki-'));
     const run = (...args: string[]) => execFileSync('openssl', args, { cwd: d, stdio: 'pipe' });
     const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
     run('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=test CA');
     run('req', '-x509', ...ec, '-keyout', 'other.key', '-out', 'other.pem', '-days', '2', '-subj', '/CN=other CA');
     run('req', ...ec, '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=localhost');
-    require('node:fs').writeFileSync(path.join(d, 'ext.cnf'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\n');
+    writeFileSync(path.join(d, 'ext.cnf'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\n');
     run('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial',
       '-out', 'server.pem', '-days', '2', '-extfile', 'ext.cnf');
-    const fs = require('node:fs') as typeof import('node:fs');
     pki = {
+      dir: d,
       ca: path.join(d, 'ca.pem'),
       otherCa: path.join(d, 'other.pem'),
-      cert: fs.readFileSync(path.join(d, 'server.pem')),
-      key: fs.readFileSync(path.join(d, 'server.key')),
+      cert: readFileSync(path.join(d, 'server.pem')),
+      key: readFileSync(path.join(d, 'server.key')),
     };
   });
+
+  afterAll(() => rmSync(pki.dir, { recursive: true, force: true }));
 
   test('verifies with the CA file; insecure skips verification; a wrong CA fails clearly', async () => {
     const server = await startServer({ tls: { cert: pki.cert, key: pki.key } });
@@ -389,6 +391,17 @@ describe('errors', () => {
     expect(b.httpStats().retries).toBe(1);
     await b.flush();
     await b.close();
+  });
+
+  test('a GET cut mid-body is retried and the data is complete', async () => {
+    const server = await startServer();
+    const b = await open(server, { connections: 1 });
+    const data = randomBytes(3 * MiB);
+    await b.pwrite(data, MiB);
+    await b.flush();
+    server.faults.add({ method: 'GET', op: 'read', action: { drop: 'mid-body' } });
+    expect((await b.pread(MiB, 3 * MiB)).equals(data)).toBe(true);
+    expect(b.httpStats().retries).toBe(1);
   });
 
   test('dropped dirty connection: flush fails with DataLossError, and keeps failing', async () => {
