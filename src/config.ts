@@ -71,7 +71,7 @@ function buildParser(argv: string[]) {
     .option('P', { alias: 'pidfile', type: 'string', describe: 'Write the process id here once the socket listens', group: 'nbdkit options:' })
     .option('t', { alias: 'threads', type: 'number', describe: 'Requests served at once per NBD connection (default 16)', group: 'nbdkit options:' })
     .option('v', { alias: 'verbose', type: 'count', describe: 'Debug logging, one line per request (-vv: trace)', group: 'nbdkit options:' })
-    .option('V', { alias: 'version', type: 'boolean', describe: 'Print the version and exit', group: 'nbdkit options:' })
+    .option('V', { type: 'boolean', describe: 'Print the version and exit (also --version)', group: 'nbdkit options:' })
     .option('D', { alias: 'debug', type: 'string', describe: 'nbdkit debug flag: accepted and ignored', group: 'nbdkit options:' })
     .option('selinux-label', { type: 'string', describe: 'Accepted and ignored', group: 'nbdkit options:' })
     .option('cafile', { type: 'string', describe: 'CA certificate(s) to verify the imageio server (default: system CAs)', group: 'imageio options:' })
@@ -120,7 +120,7 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
   if (argv[0] === 'imageio-server') return { kind: 'imageio-server', argv: argv.slice(1) };
   // --stats and --progress take an optional value only in the --opt=VALUE form, so that
   // "--stats URL" does not swallow the URL.
-  const parser = buildParser(argv.map((x) => (x === '--stats' || x === '--progress' ? `${x}=` : x)));
+  const parser = buildParser(argv.map((x) => (x === '--stats' || x === '--progress' ? `${x}=` : x === '--version' ? '-V' : x)));
   const a = (await parser.parseAsync()) as Record<string, unknown>;
   if (a.h) return { kind: 'help', text: await parser.getHelp() };
   if (a.V) return { kind: 'version', text: `imageio-nbd ${VERSION}` };

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# How virt-v2v -o rhv-upload drives its nbdkit, with imageio-nbd in its place: start the
+# server with the python plugin's key=value parameters, wait for the pidfile, copy with
+# nbdcopy as virt-v2v does, then stop the server (SIGTERM flushes and closes every HTTP
+# connection so oVirt can finalize the transfer at once).
+#   examples/virt-v2v-style.sh DISK.raw TRANSFER_URL
+set -euo pipefail
+disk=$1 url=$2
+here=$(dirname "$0")
+size=$(stat -c %s "$disk")
+dir=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
+node "$here/../bin/imageio-nbd.js" --exit-with-parent --foreground --pidfile "$dir/pid" \
+  --unix "$dir/sock" --threads 8 -D nbdkit.backend.datapath=0 \
+  url="$url" size="$size" insecure=true &
+pid=$!
+for _ in $(seq 300); do [ -s "$dir/pid" ] && break; sleep 0.1; done   # virt-v2v waits up to 30 s
+[ -s "$dir/pid" ] || { echo "imageio-nbd did not start" >&2; exit 1; }
+nbdcopy "$disk" "nbd+unix:///?socket=$dir/sock" --request-size=4194304 --requests=16 --flush
+kill -TERM "$pid"
+wait "$pid"
