@@ -88,8 +88,10 @@ async function runCase(c: Case, failPercent: number): Promise<void> {
     fail: (call) => {
       if (failPercent === 0 || (call.op !== 'pwrite' && call.op !== 'zero')) return false;
       if (next(100) >= failPercent) return false;
-      // Deferred (merged) requests are the only plain pwrites of at most requestSize.
+      // Deferred requests: merged writes (the only plain pwrites of at most requestSize) and
+      // zeroes without FUA, which are write-back too.
       if (call.op === 'pwrite' && !call.fua && call.length <= c.requestSize) deferredFailures++;
+      if (call.op === 'zero' && !call.fua) deferredFailures++;
       return true;
     },
   });

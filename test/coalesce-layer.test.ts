@@ -242,6 +242,7 @@ describe('CoalesceLayer ordering and visibility', () => {
     const { inner, layer, mem } = stack(MiB, { requestSize: 64 * KiB }, { delay: (c) => (c.op === 'pwrite' ? 5 : 0) });
     await layer.pwrite(Buffer.alloc(16 * KiB, 1), 0);
     await layer.zero(4 * KiB, 4 * KiB);
+    await layer.flush(); // the zero is write-back: acknowledged once queued
     const [w, z] = inner.calls;
     expect(w.op).toBe('pwrite');
     expect(z.op).toBe('zero');
@@ -537,11 +538,30 @@ describe('CoalesceLayer failures', () => {
   });
 
   test('a failed FUA write or zero is reported to its caller and does not poison the layer', async () => {
-    const { layer } = stack(MiB, { requestSize: 64 * KiB }, { fail: (c) => c.fua || c.op === 'zero' });
+    const { layer } = stack(MiB, { requestSize: 64 * KiB }, { fail: (c) => !!c.fua });
     await expect(layer.pwrite(Buffer.alloc(KiB), 0, { fua: true })).rejects.toMatchObject({ errno: NbdError.EIO });
-    await expect(layer.zero(0, KiB)).rejects.toMatchObject({ errno: NbdError.EIO });
+    await expect(layer.zero(0, KiB, { fua: true })).rejects.toMatchObject({ errno: NbdError.EIO });
     await layer.pwrite(Buffer.alloc(KiB, 1), 0);
     await layer.flush();
+  });
+
+  test('a zero without FUA is write-back: acknowledged at once, read back as zeroes, and its failure fails every later flush', async () => {
+    const { layer, inner, mem } = stack(
+      MiB,
+      { requestSize: 64 * KiB },
+      { fail: (c) => c.op === 'zero', delay: (c) => (c.op === 'zero' ? 50 : 0) },
+    );
+    await mem.pwrite(Buffer.alloc(4 * KiB, 7), 0);
+    // Acknowledged while its request is still on the way (it takes 50 ms, then fails)...
+    await layer.zero(0, 4 * KiB);
+    expect(layer.stats().deferredZeroes).toBe(1);
+    expect(inner.calls.filter((c) => c.op === 'zero' && c.end !== undefined)).toEqual([]);
+    // ...reads see zeroes meanwhile...
+    expect((await layer.pread(0, 4 * KiB)).every((b) => b === 0)).toBe(true);
+    // ...and once it has failed, flush reports the loss, now and later; later writes fail too.
+    await expect(layer.flush()).rejects.toBeInstanceOf(DataLossError);
+    await expect(layer.flush()).rejects.toBeInstanceOf(DataLossError);
+    await expect(layer.pwrite(Buffer.alloc(KiB), 0)).rejects.toMatchObject({ errno: NbdError.EIO });
   });
 
   test('an inner flush failure fails flush', async () => {

@@ -17,9 +17,10 @@
  *   overlays pending data on what the inner backend returns; an operation that overlaps
  *   buffered data sends that data first; nothing is sent to the inner backend concurrently
  *   with an overlapping earlier request (pooled HTTP connections could reorder them).
+ * - Zeroes without FUA are write-back too: queued in order and acknowledged at once.
  * - FUA writes and zeroes, and writes larger than `requestSize`, go straight through (after the
  *   overlapping pending data) and resolve only when the inner backend has done them.
- * - A deferred write that fails is logged at once and "poisons" the layer: every later flush()
+ * - A deferred write or zero that fails is logged at once and "poisons" the layer: every later flush()
  *   and close() rejects with DataLossError naming the first lost range, and later writes and
  *   zeroes reject with EIO, so no copy can finish "successfully" after losing data.
  * - Memory is bounded: buffers held (open and in flight) never exceed `maxBufferedBytes`; a
@@ -75,6 +76,8 @@ export interface CoalesceStats {
   sentEvicted: number;
   sentOverlap: number;
   sentFlush: number;
+  /** Zeroes acknowledged once queued (write-back), not after their request. */
+  deferredZeroes: number;
   /** pwrite calls that had to wait for buffer space. */
   backpressureWaits: number;
   /** Memory held for buffers now, and the most ever held (never above maxBufferedBytes). */
@@ -116,6 +119,8 @@ interface Pending {
 
 /** Live buffers (open + committed deferred) are bounded too, so scans of the queue stay cheap. */
 const MAX_LIVE_BUFFERS = 256;
+/** Zeroes queued without waiting; past this many queued items a zero waits for its request. */
+const MAX_DEFERRED_ZEROES = 256;
 /** Full-size buffers kept for reuse. Not counted in maxBufferedBytes. */
 const MAX_FREE_BUFFERS = 2;
 
@@ -163,6 +168,7 @@ export class CoalesceLayer implements Backend {
     sentEvicted: 0,
     sentOverlap: 0,
     sentFlush: 0,
+    deferredZeroes: 0,
     backpressureWaits: 0,
     bufferedBytes: 0,
     maxBufferedBytes: 0,
@@ -291,7 +297,30 @@ export class CoalesceLayer implements Backend {
   }
 
   zero(offset: number, length: number, flags?: ZeroFlags): Promise<void> {
-    return this.direct('zero', offset, length, undefined, () => this.inner.zero(offset, length, flags));
+    if (flags?.fua || flags?.fastZero || this.committed.length >= MAX_DEFERRED_ZEROES) {
+      // Durable before the reply, or must fail at once if slow: the client waits for it.
+      return this.direct('zero', offset, length, undefined, () => this.inner.zero(offset, length, flags));
+    }
+    // Write-back, like buffered writes: a client that waits for each reply (qemu-img) would
+    // otherwise stall for an HTTP round trip between data extents. The zero is queued in order
+    // (reads overlay it as zeroes, overlapping requests wait for it); a failure poisons the
+    // layer, so the next FLUSH reports it.
+    try {
+      this.checkWritable();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    this.commitOverlapping(offset, offset + length, 'overlap');
+    this.counters.deferredZeroes++;
+    void this.launch(this.newPending('zero', offset, offset + length), false, async () => {
+      try {
+        await this.inner.zero(offset, length, flags);
+      } catch (err) {
+        this.recordLoss(offset, length, err);
+        throw err;
+      }
+    }).catch(() => {}); // recorded above; reported by flush and close
+    return Promise.resolve();
   }
 
   trim(offset: number, length: number, flags?: WriteFlags): Promise<void> {
