@@ -92,10 +92,20 @@ function nbdUri(exportName: string, where: { unix?: string; port?: number; host?
 
 async function serve(config: RunConfig, logger: Logger): Promise<number> {
   let stack: ExportStack;
+  // While opening, a failure is reported once, by startFailure(): the backend's own error log
+  // line for the same failure would be a second line. So its logger is quiet until the export
+  // is open (unless -v), then gets the normal level for the rest of the run.
+  const exportLogger = logger.child({});
+  if (config.verbose === 0) exportLogger.level = 'fatal';
   try {
-    stack = await openExport(config, logger);
+    stack = await openExport(config, exportLogger);
   } catch (err) {
     return startFailure(logger, err);
+  } finally {
+    exportLogger.level = logger.level;
+  }
+  if (stack.imageio?.serverInfo().legacy) {
+    logger.warn('imageio OPTIONS gave no features (old server): using one connection, zeroes sent as data, no flush');
   }
   logger.info(`serving ${stack.describe}, ${stack.top.size()} bytes`);
 

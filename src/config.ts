@@ -25,6 +25,8 @@ export interface RunConfig {
   connectTimeoutMs: number;
   requestTimeoutMs: number;
   retries: number;
+  /** Send a keep-alive request on HTTP connections idle this long (imageio closes them at 60 s). */
+  keepAliveMs: number;
   listen: { unix: string } | { privateUnix: true } | { port: number; host: string };
   readonly: boolean;
   exportName: string;
@@ -85,6 +87,7 @@ function buildParser(argv: string[]) {
     .option('connect-timeout', { type: 'number', describe: 'Seconds to wait for an HTTP connection (default 10)', group: 'imageio options:' })
     .option('request-timeout', { type: 'number', describe: 'Seconds to wait for an HTTP response (default 60)', group: 'imageio options:' })
     .option('retries', { type: 'number', describe: 'Retries of an idempotent HTTP request after a connection error or 5xx (default 3)', group: 'imageio options:' })
+    .option('keepalive', { type: 'number', describe: 'Seconds an HTTP connection may stay idle before a keep-alive request (default 30; imageio closes idle connections after 60)', group: 'imageio options:' })
     .option('stats', { type: 'string', describe: 'At exit, print NBD and HTTP statistics to stderr, or to FILE with --stats=FILE', group: 'output options:' })
     .option('progress', { type: 'string', describe: 'Print a progress line every N seconds (default 5)', group: 'output options:' })
     .option('log-format', { type: 'string', choices: ['pretty', 'json'], describe: 'Log format (default pretty)', group: 'output options:' })
@@ -111,6 +114,14 @@ function truthy(v: string): boolean {
 function positiveInt(v: unknown, what: string, min = 1): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
     throw new ConfigError(`invalid ${what} ${String(v)}: expected a whole number >= ${min}`);
+  }
+  return v;
+}
+
+function keepAliveSeconds(v: unknown): number {
+  if (v === undefined) return 30;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0.1 || v > 86400) {
+    throw new ConfigError(`invalid --keepalive ${String(v)}: seconds from 0.1 to 86400`);
   }
   return v;
 }
@@ -224,6 +235,7 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     connectTimeoutMs: positiveInt(a['connect-timeout'] ?? 10, 'connect timeout') * 1000,
     requestTimeoutMs: positiveInt(a['request-timeout'] ?? 60, 'request timeout') * 1000,
     retries: positiveInt(a.retries ?? 3, 'retries', 0),
+    keepAliveMs: Math.round(keepAliveSeconds(a.keepalive) * 1000),
     listen,
     readonly: Boolean(a.r),
     exportName: (a.e as string | undefined) ?? '',

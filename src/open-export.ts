@@ -40,7 +40,8 @@ export type ExportOptions = Pick<
   | 'requestTimeoutMs'
   | 'retries'
   | 'readonly'
->;
+> &
+  Partial<Pick<RunConfig, 'keepAliveMs'>>;
 
 const MiB = 2 ** 20;
 
@@ -75,6 +76,7 @@ export async function openExport(opts: ExportOptions, logger: Logger): Promise<E
       connectTimeoutMs: opts.connectTimeoutMs,
       requestTimeoutMs: opts.requestTimeoutMs,
       retries: opts.retries,
+      keepAliveIdleMs: opts.keepAliveMs,
       logger,
     });
     base = imageio;
