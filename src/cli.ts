@@ -49,11 +49,12 @@ export async function main(argv: string[]): Promise<number> {
   return serve(config, logger);
 }
 
-/** Reports a failure to start as one clear line and returns 1. */
-function startFailure(logger: Logger, err: unknown): number {
+/** Reports a failure to start as one clear line (a JSON line with --log-format json) and returns 1. */
+function startFailure(logger: Logger, err: unknown, format: RunConfig['logFormat']): number {
   const msg = err instanceof ImageioNbdError ? err.message : describeError(err);
   logger.debug({ err }, 'start failed');
-  process.stderr.write(`imageio-nbd: ${msg}\n`);
+  if (format === 'json') logger.fatal(`cannot start: ${msg}`);
+  else process.stderr.write(`imageio-nbd: ${msg}\n`);
   return 1;
 }
 
@@ -100,7 +101,7 @@ async function serve(config: RunConfig, logger: Logger): Promise<number> {
   try {
     stack = await openExport(config, exportLogger);
   } catch (err) {
-    return startFailure(logger, err);
+    return startFailure(logger, err, config.logFormat);
   } finally {
     exportLogger.level = logger.level;
   }
@@ -133,9 +134,9 @@ async function serve(config: RunConfig, logger: Logger): Promise<number> {
     await stack.top.close().catch(() => undefined);
     if (privateDir) fs.rmSync(privateDir, { recursive: true, force: true });
     const e = err as NodeJS.ErrnoException;
-    if (e.code === 'EADDRINUSE') return startFailure(logger, new ConfigError(`address in use: ${e.message}`));
-    if (e.code === 'EACCES' || e.code === 'ENOENT') return startFailure(logger, new ConfigError(`cannot listen: ${e.message}`));
-    return startFailure(logger, err);
+    if (e.code === 'EADDRINUSE') return startFailure(logger, new ConfigError(`address in use: ${e.message}`), config.logFormat);
+    if (e.code === 'EACCES' || e.code === 'ENOENT') return startFailure(logger, new ConfigError(`cannot listen: ${e.message}`), config.logFormat);
+    return startFailure(logger, err, config.logFormat);
   }
   const uri = nbdUri(config.exportName, where);
   logger.info(`listening on ${uri}`);
@@ -145,7 +146,7 @@ async function serve(config: RunConfig, logger: Logger): Promise<number> {
     } catch (err) {
       await server.close();
       await stack.top.close().catch(() => undefined);
-      return startFailure(logger, new ConfigError(`cannot write pidfile: ${(err as Error).message}`));
+      return startFailure(logger, new ConfigError(`cannot write pidfile: ${(err as Error).message}`), config.logFormat);
     }
   }
   notifyDaemonReady();

@@ -131,7 +131,12 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
   if (argv[0] === 'imageio-server') return { kind: 'imageio-server', argv: argv.slice(1) };
   // --stats and --progress take an optional value only in the --opt=VALUE form, so that
   // "--stats URL" does not swallow the URL.
-  const parser = buildParser(argv.map((x) => (x === '--stats' || x === '--progress' ? `${x}=` : x === '--version' ? '-V' : x)));
+  // "--progress 5" still works: a number is never a URL.
+  const parser = buildParser(
+    argv.map((x, i) =>
+      x === '--stats' || (x === '--progress' && !/^\d+(\.\d+)?$/.test(argv[i + 1] ?? '')) ? `${x}=` : x === '--version' ? '-V' : x,
+    ),
+  );
   const a = (await parser.parseAsync()) as Record<string, unknown>;
   if (a.h) return { kind: 'help', text: await parser.getHelp() };
   if (a.V) return { kind: 'version', text: `imageio-nbd ${VERSION}` };
