@@ -1,0 +1,142 @@
+/**
+ * A raw disk image in a regular file: `file:///path/disk.raw`. One shared FileHandle serves every
+ * connection, so one fdatasync covers the writes of all of them: multi-conn is safe.
+ *
+ * Node exposes neither fallocate nor SEEK_DATA/SEEK_HOLE, so:
+ * - zero writes zeroes from a shared zero buffer in bounded chunks; only a zero that reaches the
+ *   end of the file and may punch holes is done by truncating and re-extending the file (a hole).
+ * - extents are not offered (canExtents false): the server reports everything as data, which the
+ *   spec says is always correct. Detecting holes by reading would cost a full read.
+ * The size is fixed at open; reads past the current end of the file (only possible while a
+ * truncating zero runs) return zeroes.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+import type { Backend, Capabilities, WriteFlags, ZeroFlags } from '../backend';
+import { BackendError } from '../errors';
+import { NbdError } from '../../protocol/constants';
+
+const ZERO_CHUNK = 4 * 1024 * 1024;
+let zeroBuffer: Buffer | undefined;
+
+export interface FileBackendOptions {
+  readonly?: boolean;
+}
+
+export class FileBackend implements Backend {
+  readonly name = 'file';
+
+  constructor(
+    private readonly fh: FileHandle,
+    private readonly bytes: number,
+    private readonly ro: boolean,
+    /** Path, for messages. */
+    readonly path: string,
+  ) {}
+
+  size(): number {
+    return this.bytes;
+  }
+
+  capabilities(): Capabilities {
+    const w = !this.ro;
+    return {
+      canWrite: w,
+      canFlush: true,
+      canFua: w,
+      canZero: w,
+      canFastZero: false,
+      canTrim: false,
+      canCache: false,
+      canExtents: false,
+      canMultiConn: true,
+    };
+  }
+
+  async pread(offset: number, length: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(length);
+    let done = 0;
+    try {
+      while (done < length) {
+        const { bytesRead } = await this.fh.read(buf, done, length - done, offset + done);
+        if (bytesRead === 0) {
+          buf.fill(0, done); // past EOF: the file is being zeroed at its end
+          break;
+        }
+        done += bytesRead;
+      }
+    } catch (err) {
+      throw this.ioError('read', offset, length, err);
+    }
+    return buf;
+  }
+
+  async pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
+    try {
+      await this.writeAll(data, offset);
+      if (flags?.fua) await this.fh.datasync();
+    } catch (err) {
+      throw this.ioError('write', offset, data.length, err);
+    }
+  }
+
+  async zero(offset: number, length: number, flags?: ZeroFlags): Promise<void> {
+    if (flags?.fastZero) throw new BackendError(NbdError.ENOTSUP, 'fast zero is not supported by the file backend');
+    try {
+      if (flags?.mayTrim && offset + length === this.bytes) {
+        // Zeroing the tail: drop it and grow the file back, leaving a hole.
+        await this.fh.truncate(offset);
+        await this.fh.truncate(this.bytes);
+      } else {
+        const zeroes = (zeroBuffer ??= Buffer.alloc(ZERO_CHUNK));
+        for (let pos = offset, end = offset + length; pos < end; ) {
+          const n = Math.min(ZERO_CHUNK, end - pos);
+          await this.writeAll(n === ZERO_CHUNK ? zeroes : zeroes.subarray(0, n), pos);
+          pos += n;
+        }
+      }
+      if (flags?.fua) await this.fh.datasync();
+    } catch (err) {
+      throw this.ioError('zero', offset, length, err);
+    }
+  }
+
+  async flush(): Promise<void> {
+    try {
+      await this.fh.datasync();
+    } catch (err) {
+      throw this.ioError('flush', 0, 0, err);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+
+  private async writeAll(data: Buffer, offset: number): Promise<void> {
+    let done = 0;
+    while (done < data.length) {
+      const { bytesWritten } = await this.fh.write(data, done, data.length - done, offset + done);
+      done += bytesWritten;
+    }
+  }
+
+  private ioError(op: string, offset: number, length: number, err: unknown): BackendError {
+    const code = (err as { code?: string }).code;
+    const errno = code === 'ENOSPC' ? NbdError.ENOSPC : NbdError.EIO;
+    return new BackendError(errno, `${op} ${this.path} offset ${offset} length ${length} failed`, { cause: err });
+  }
+}
+
+/** Open a raw image file; its current size is the export size. */
+export async function openFileBackend(path: string, opts: FileBackendOptions = {}): Promise<FileBackend> {
+  const readonly = !!opts.readonly;
+  const fh = await open(path, readonly ? 'r' : 'r+');
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new BackendError(NbdError.EINVAL, `${path} is not a regular file`);
+    return new FileBackend(fh, st.size, readonly, path);
+  } catch (err) {
+    await fh.close();
+    throw err;
+  }
+}

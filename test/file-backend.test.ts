@@ -1,0 +1,66 @@
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { openFileBackend } from '../src/backends/file-backend';
+import { BackendError } from '../src/errors';
+import { NbdError } from '../protocol/constants';
+import { tmpDir, type TmpDir } from './helpers/tmp-dir';
+
+describe('FileBackend', () => {
+  let dir: TmpDir;
+  beforeEach(() => (dir = tmpDir()));
+  afterEach(() => dir.cleanup());
+
+  test('size, capabilities, read/write/flush', async () => {
+    const p = dir.file('disk.raw');
+    writeFileSync(p, Buffer.alloc(1 << 20));
+    const b = await openFileBackend(p);
+    try {
+      expect(b.size()).toBe(1 << 20);
+      expect(b.capabilities()).toMatchObject({ canWrite: true, canMultiConn: true, canExtents: false, canFastZero: false });
+      await b.pwrite(Buffer.from('hello'), 1000, { fua: true });
+      await b.flush();
+      expect((await b.pread(998, 9)).toString('latin1')).toBe('\0\0hello\0\0');
+      expect(readFileSync(p).subarray(1000, 1005).toString()).toBe('hello');
+    } finally {
+      await b.close();
+    }
+  });
+
+  test('zero in the middle writes zeroes; zero of the tail punches and keeps the size', async () => {
+    const p = dir.file('disk.raw');
+    const size = 10 * 1024 * 1024 + 3;
+    writeFileSync(p, Buffer.alloc(size, 0xff));
+    const b = await openFileBackend(p);
+    try {
+      await b.zero(5, 5 * 1024 * 1024 + 7);
+      let d = await b.pread(0, size);
+      expect(d.subarray(0, 5).every((x) => x === 0xff)).toBe(true);
+      expect(d.subarray(5, 5 + 5 * 1024 * 1024 + 7).every((x) => x === 0)).toBe(true);
+      expect(d[5 + 5 * 1024 * 1024 + 7]).toBe(0xff);
+      await b.zero(size - 4096 - 1, 4097, { mayTrim: true });
+      expect(statSync(p).size).toBe(size);
+      d = await b.pread(size - 4098, 4098);
+      expect(d[0]).toBe(0xff);
+      expect(d.subarray(1).every((x) => x === 0)).toBe(true);
+      await expect(b.zero(0, 1, { fastZero: true })).rejects.toMatchObject({ errno: NbdError.ENOTSUP });
+      expect((await b.pread(0, 1))[0]).toBe(0xff);
+    } finally {
+      await b.close();
+    }
+  });
+
+  test('read-only: opened read-only and says so', async () => {
+    const p = dir.file('ro.raw');
+    writeFileSync(p, Buffer.alloc(4096, 1));
+    const b = await openFileBackend(p, { readonly: true });
+    try {
+      expect(b.capabilities().canWrite).toBe(false);
+      await expect(b.pwrite(Buffer.from('x'), 0)).rejects.toBeInstanceOf(BackendError);
+    } finally {
+      await b.close();
+    }
+  });
+
+  test('a directory is refused', async () => {
+    await expect(openFileBackend(dir.path)).rejects.toThrow();
+  });
+});
