@@ -230,8 +230,13 @@ export class NbdConnection {
         this.log.debug({ reason: o.reason }, 'closing during the handshake');
         this.stopReading = true;
         this.clearHandshakeTimer();
-        if (o.replies.length > 0) this.socket.end();
-        else this.socket.destroy();
+        if (o.replies.length > 0) {
+          // ABORT: the client should close after our ACK; do not wait for it forever.
+          this.socket.end();
+          setTimeout(() => this.socket.destroy(), 2000).unref();
+        } else {
+          this.socket.destroy();
+        }
         return;
       case 'transmit':
         this.tx = o.params;
