@@ -179,7 +179,11 @@ export class ImageioServer {
       socket.destroy();
       return;
     }
-    const raw = err.rawPacket?.toString('latin1') ?? '';
+    // rawPacket is the whole chunk read; the bad request starts after the last complete head before the error.
+    const packet = err.rawPacket?.toString('latin1') ?? '';
+    const errorAt = (err as { bytesParsed?: number }).bytesParsed ?? packet.length;
+    const headEnd = packet.lastIndexOf('\r\n\r\n', Math.max(0, errorAt - 1));
+    const raw = headEnd >= 0 && headEnd + 4 <= errorAt ? packet.slice(headEnd + 4) : packet;
     const firstLine = raw.split(/\r?\n/, 1)[0];
     let response: string;
     if (err.code === 'HPE_INVALID_CONTENT_LENGTH' || err.code === 'HPE_UNEXPECTED_CONTENT_LENGTH') {
