@@ -32,7 +32,7 @@ const ALL_FEATURES = [...BASE_FEATURES, 'flush', 'zero'];
 /** imageio's [daemon] max_connections. */
 const MAX_CONNECTIONS = 8;
 /** GET responses are read and sent in pieces of this size. */
-const READ_CHUNK = 1 << 20;
+const READ_CHUNK = 2 << 20;
 
 /** Everything a handler needs besides the request itself. */
 export interface ServiceContext {
@@ -295,17 +295,28 @@ async function getImage(ctx: ServiceContext, ex: Exchange, ticketId: string): Pr
   if (range) res.setHeader('content-range', `bytes ${offset}-${offset + size - 1}/${ticket.size}`);
   if (ex.closeAfter) ex.conn.stats.closedBy ??= 'server';
   const limit = fault?.drop === 'mid-body' ? Math.floor(size / 2) : size;
+  const readChunk = async (pos: number) => {
+    const n = Math.min(READ_CHUNK, limit - pos);
+    const buf = Buffer.allocUnsafe(n);
+    await ctx.image.readExact(fh, buf, n, offset + pos);
+    return buf;
+  };
   await ticket.run(async () => {
+    // Read the next chunk while the current one is being sent.
     let pos = 0;
-    while (pos < limit) {
-      if (res.destroyed) throw new ConnectionLostError();
-      const n = Math.min(READ_CHUNK, limit - pos);
-      const buf = Buffer.allocUnsafe(n);
-      await ctx.image.readExact(fh, buf, n, offset + pos);
-      pos += n;
-      ex.conn.stats.bytesRead += n;
-      ctx.stats.bytesRead += n;
-      if (!res.write(buf)) await waitDrain(res);
+    let next = limit > 0 ? readChunk(0) : undefined;
+    try {
+      while (next) {
+        const buf = await next;
+        pos += buf.length;
+        next = pos < limit ? readChunk(pos) : undefined;
+        if (res.destroyed) throw new ConnectionLostError();
+        ex.conn.stats.bytesRead += buf.length;
+        ctx.stats.bytesRead += buf.length;
+        if (!res.write(buf)) await waitDrain(res);
+      }
+    } finally {
+      next?.catch(() => undefined);
     }
   });
   if (fault) {

@@ -2,7 +2,20 @@
  * An imageio-compatible HTTP server for one ticket backed by a raw image file: the remote
  * service on TCP (HTTP or HTTPS) and optionally the local service on a unix socket. It follows
  * ovirt-imageio 2.5.3 (docs/imageio.md) closely enough that a client that works against it works
- * against the real daemon; see README section "imageio-server" for the known differences.
+ * against the real daemon.
+ *
+ * Known differences from the real daemon (mostly where Node's HTTP parser decides):
+ * - `Content-Length: abc` and an unknown method (`FOO`) are rejected by Node's parser: we answer
+ *   imageio's 400/405 text but must close the connection (imageio keeps it).
+ * - A chunked PUT gets 400 "Content-Length header is required" and a close at once; imageio
+ *   answers that 400, then a second HTML 400 for the chunk bytes, then closes.
+ * - HEAD gets the 405 head without its body. Responses to keep-alive requests have no
+ *   `connection` header, like imageio; the header order differs slightly.
+ * - Extents (nbd backend) come from an allocation map (a scan at start, then PUT = data,
+ *   PATCH zero = zero) instead of SEEK_DATA; zero extents are reported with hole: true.
+ * - PATCH zero writes zeros (no fallocate from Node) but skips ranges already known zero.
+ * - One idle timeout for all connections (imageio switches to the ticket's inactivity_timeout
+ *   once a request is authorized); checksum endpoints and CORS are not implemented.
  */
 import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
