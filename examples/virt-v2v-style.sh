@@ -9,7 +9,8 @@ disk=$1 url=$2
 here=$(dirname "$0")
 size=$(stat -c %s "$disk")
 dir=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
+pid=
+trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
 node "$here/../bin/imageio-nbd.js" --exit-with-parent --foreground --pidfile "$dir/pid" \
   --unix "$dir/sock" --threads 8 -D nbdkit.backend.datapath=0 \
   url="$url" size="$size" insecure=true &

@@ -1,0 +1,127 @@
+/**
+ * Every example in examples/ runs against the built-in imageio server (in this process), and
+ * its result is compared byte for byte: what the README shows works as shown.
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import {
+  compareFiles,
+  killAll,
+  makeSource,
+  MiB,
+  ROOT,
+  spawnTracked,
+  startImageio,
+  tmpDir,
+  type StartImageioOptions,
+  type TestImageio,
+  type TmpDir,
+} from './helpers/cli';
+import { runOk } from './helpers/run';
+
+const SIZE = 32 * MiB;
+
+let shared: TmpDir;
+let source: string;
+let dir: TmpDir;
+const servers: TestImageio[] = [];
+
+beforeAll(() => {
+  shared = tmpDir('e2e-examples-');
+  source = shared.file('source.raw');
+  makeSource(source, SIZE, 11);
+});
+
+afterAll(() => shared.cleanup());
+
+beforeEach(() => {
+  dir = tmpDir('ex-');
+});
+
+afterEach(async () => {
+  await killAll();
+  while (servers.length) await servers.pop()!.stop();
+  dir.cleanup();
+});
+
+async function imageio(opts: Partial<StartImageioOptions> = {}) {
+  const s = await startImageio({ dir, imageSize: SIZE, ...opts });
+  servers.push(s);
+  return s;
+}
+
+async function example(args: string[], env: NodeJS.ProcessEnv = {}) {
+  const [script, ...rest] = args;
+  const p = script.endsWith('.ts')
+    ? spawnTracked(path.join(ROOT, 'node_modules', '.bin', 'tsx'), [path.join(ROOT, 'examples', script), ...rest], { env: { ...process.env, ...env } })
+    : spawnTracked('bash', [path.join(ROOT, 'examples', script), ...rest], { env: { ...process.env, ...env } });
+  const r = await p.exited;
+  if (r.code !== 0) throw new Error(`${script} exited ${r.code ?? r.signal}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+  return r;
+}
+
+const dataServices = (s: TestImageio) => [
+  ...new Set(s.server.stats().connections.filter((c) => c.writes + c.reads + c.zeros > 0).map((c) => c.service)),
+];
+
+test('upload-qemu-img.sh DISK URL [options]', async () => {
+  const s = await imageio();
+  const r = await example(['upload-qemu-img.sh', source, s.url]);
+  expect(r.stderr).toBe('');
+  expect(compareFiles(source, s.image)).toBe('equal');
+  expect(dataServices(s)).toEqual(['unix']);
+
+  // Extra arguments are imageio-nbd options.
+  const s2 = await imageio({ name: 'b' });
+  await example(['upload-qemu-img.sh', source, s2.url, '--unix-socket', 'never']);
+  expect(compareFiles(source, s2.image)).toBe('equal');
+  expect(dataServices(s2)).toEqual(['tcp']);
+});
+
+test('nbdcopy-from-nbdkit.sh URL SIZE SEED equals nbdkit sparse-random read back with nbdcopy', async () => {
+  // sparse-random makes 16 MiB runs on average: 128 MiB with seed 2 holds about 24% data.
+  const size = 128 * MiB;
+  const s = await imageio({ imageSize: size });
+  await example(['nbdcopy-from-nbdkit.sh', s.url, String(size), '2']);
+  const ref = dir.file('reference.raw');
+  await runOk('nbdkit', ['-U', '-', 'sparse-random', `size=${size}`, 'seed=2', 'percent=20', '--run', 'nbdcopy "$uri" "$REF"'], {
+    env: { ...process.env, REF: ref },
+  });
+  expect(compareFiles(ref, s.image)).toBe('equal');
+  expect(s.server.stats().bytesWritten).toBeGreaterThan(16 * MiB);
+});
+
+test('virt-v2v-style.sh DISK URL: copied, and every HTTP connection closed at the end', async () => {
+  const s = await imageio();
+  const r = await example(['virt-v2v-style.sh', source, s.url]);
+  expect(r.stderr).toBe('');
+  expect(compareFiles(source, s.image)).toBe('equal');
+  expect(s.server.stats().connectionsOpen).toBe(0);
+  expect(s.server.stats().connections.every((c) => c.unflushedWrites === 0)).toBe(true);
+});
+
+test('backup-download.sh URL OUT: the map, then a byte-exact backup that skipped the holes', async () => {
+  // Sparser and larger than the other sources, so that some whole 8 MiB requests are holes.
+  const image = dir.file('served.raw');
+  makeSource(image, 64 * MiB, 12, 0.15);
+  const copy = dir.file('expected.raw');
+  await runOk('cp', ['--sparse=always', image, copy]);
+  const s = await imageio({ image, readonly: true });
+  const out = dir.file('backup.raw');
+  const r = await example(['backup-download.sh', s.url, out]);
+  expect(compareFiles(copy, out)).toBe('equal');
+  expect(r.stdout).toMatch(/^\s*0\s+\d+\s+0\s+data$/m);
+  expect(r.stdout).toMatch(/\s3\s+hole,zero$/m);
+  expect(s.server.stats().bytesRead).toBeLessThan(64 * MiB); // whole 8 MiB holes were not read
+});
+
+test('library.ts URL: backend I/O, then the same bytes through NBD', async () => {
+  const s = await imageio();
+  const r = await example(['library.ts', s.url]);
+  expect(r.stdout).toContain(`size ${SIZE}, capabilities {"canWrite":true`);
+  expect(r.stdout).toContain('read back: hello from imageio-nbd\n');
+  expect(r.stdout).toContain('read through NBD: hello from imageio-nbd\n');
+  const img = readFileSync(s.image);
+  expect(img.subarray(MiB, MiB + 22).toString()).toBe('hello from imageio-nbd');
+  expect(s.server.stats().connectionsOpen).toBe(0);
+});
