@@ -221,9 +221,9 @@ h.pwrite(b"\\xa5" * 65536, 65536)
 sys.exit(3 if fails("flush", lambda: h.flush()) else 0)
 `;
 
-  test('survive a client pause longer than the server idle timeout (--keepalive 1)', async () => {
+  test('survive a client pause longer than the server idle timeout (--keepalive 0.5)', async () => {
     const s = await imageio({ idleTimeoutMs: 2000 });
-    const r = await runWith(s, NBDSH, ['--keepalive', '1'], script(PAUSE));
+    const r = await runWith(s, NBDSH, ['--keepalive', '0.5'], script(PAUSE));
     expect(r.stdout).toBe('flush ok\n');
     expect(r.code).toBe(0);
     const st = s.server.stats();
