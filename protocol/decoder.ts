@@ -71,7 +71,14 @@ export class NbdDecoder {
   private dead = false;
   private phaseNow: DecoderPhase = 'clientFlags';
 
-  constructor(limits: Partial<DecoderLimits> = {}) {
+  /**
+   * @param allocate where payloads that span socket chunks are assembled (default
+   *   Buffer.allocUnsafe); the server passes a pool so big payloads reuse memory.
+   */
+  constructor(
+    limits: Partial<DecoderLimits> = {},
+    private readonly allocate: (n: number) => Buffer = Buffer.allocUnsafe,
+  ) {
     this.limits = { ...DEFAULT_DECODER_LIMITS, ...limits };
   }
 
@@ -202,7 +209,7 @@ export class NbdDecoder {
       return out;
     }
     // Spans chunks: one allocation, one copy of each piece.
-    const out = Buffer.allocUnsafe(n);
+    const out = this.allocate(n);
     let filled = 0;
     while (filled < n) {
       const cur = this.chunks[this.first];

@@ -10,6 +10,7 @@
  * connection closes once every started request has replied. A client that vanishes does not
  * stop its requests: they finish and their replies are dropped.
  */
+import { BufferPool } from './buffer-pool';
 import type { Socket } from 'node:net';
 import type { Logger } from '../log';
 import { describeError, toNbdErrno } from '../errors';
@@ -39,6 +40,8 @@ export interface ConnectionOptions {
   maxWriteBuffer: number;
   maxOptions: number;
   decoderLimits?: Partial<DecoderLimits>;
+  /** Where WRITE payloads are assembled; they go back to it after a successful pwrite. */
+  payloadPool?: BufferPool;
 }
 
 /** READ and WRITE payloads accepted whatever block size is advertised (libnbd caps at 64 MiB). */
@@ -79,6 +82,7 @@ export class NbdConnection {
   private readonly log: Logger;
   private readonly debug: boolean;
   private readonly decoder: NbdDecoder;
+  private readonly pool: BufferPool;
   private readonly handshake: Handshake;
   private tx: TransmissionParams | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
@@ -99,7 +103,8 @@ export class NbdConnection {
     this.id = opts.id;
     this.log = opts.logger.child({ conn: opts.id });
     this.debug = this.log.isLevelEnabled('debug');
-    this.decoder = new NbdDecoder({ maxPayload: MAX_PAYLOAD, ...opts.decoderLimits });
+    this.pool = opts.payloadPool ?? new BufferPool(0);
+    this.decoder = new NbdDecoder({ maxPayload: MAX_PAYLOAD, ...opts.decoderLimits }, (n) => this.pool.allocate(n));
     this.handshake = new Handshake(opts.exports, this.log, { maxOptions: opts.maxOptions });
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
 
@@ -374,6 +379,8 @@ export class NbdConnection {
       }
       case Command.WRITE:
         await b.pwrite(data!, h.offset, fua ? { fua } : undefined);
+        // Only after success: a failed request might, in a misbehaving backend, still be sending.
+        this.pool.release(data!);
         break;
       case Command.FLUSH:
         await b.flush();

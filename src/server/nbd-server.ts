@@ -6,6 +6,7 @@
  * ever loses its own connection, and close() lets every connection finish the requests it has
  * started before closing the sockets.
  */
+import { BufferPool } from './buffer-pool';
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import * as fs from 'node:fs';
@@ -38,6 +39,8 @@ export class NbdServer extends EventEmitter {
   private readonly log: Logger;
   private readonly server: net.Server;
   private readonly connections = new Map<number, NbdConnection>();
+  /** WRITE payload buffers, reused across requests and connections. */
+  private readonly payloadPool = new BufferPool();
   private nextId = 1;
   private unixPath: string | undefined;
   private closing: Promise<void> | undefined;
@@ -107,6 +110,7 @@ export class NbdServer extends EventEmitter {
       maxPendingBytes: this.opts.maxPendingBytesPerConnection ?? 256 * 1024 * 1024,
       maxWriteBuffer: 64 * 1024 * 1024,
       maxOptions: this.opts.maxOptions ?? 256,
+      payloadPool: this.payloadPool,
     });
     this.connections.set(id, conn);
     this.log.debug({ conn: id, remote: socket.remoteAddress ?? 'unix' }, 'connection');
