@@ -1,4 +1,4 @@
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { openFileBackend } from '../src/backends/file-backend';
 import { BackendError } from '../src/errors';
 import { NbdError } from '../protocol/constants';
@@ -62,5 +62,27 @@ describe('FileBackend', () => {
 
   test('a directory is refused', async () => {
     await expect(openFileBackend(dir.path)).rejects.toThrow();
+  });
+});
+
+describe('FileBackend zero keeps holes', () => {
+  test('zeroing a hole writes nothing; zeroing data writes zeroes', async () => {
+    const dir = tmpDir('file-zero-');
+    try {
+      const file = dir.file('disk.raw');
+      writeFileSync(file, '');
+      truncateSync(file, 64 * 1024 * 1024);
+      const b = await openFileBackend(file);
+      await b.pwrite(Buffer.alloc(4096, 9), 40 * 1024 * 1024);
+      await b.zero(0, 32 * 1024 * 1024, { mayTrim: false });
+      await b.zero(40 * 1024 * 1024, 4096, { mayTrim: false });
+      await b.flush();
+      // st_blocks counts 512-byte units actually allocated: the 32 MiB hole is still a hole.
+      expect(statSync(file).blocks * 512).toBeLessThan(1024 * 1024);
+      expect((await b.pread(40 * 1024 * 1024, 4096)).every((x: number) => x === 0)).toBe(true);
+      await b.close();
+    } finally {
+      dir.cleanup();
+    }
   });
 });

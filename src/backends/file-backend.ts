@@ -3,8 +3,9 @@
  * connection, so one fdatasync covers the writes of all of them: multi-conn is safe.
  *
  * Node exposes neither fallocate nor SEEK_DATA/SEEK_HOLE, so:
- * - zero writes zeroes from a shared zero buffer in bounded chunks; only a zero that reaches the
- *   end of the file and may punch holes is done by truncating and re-extending the file (a hole).
+ * - zero writes zeroes from a shared zero buffer in bounded chunks, skipping chunks that already
+ *   read as zeroes (holes stay holes); a zero that reaches the end of the file and may punch
+ *   holes is done by truncating and re-extending the file (a hole).
  * - extents are not offered (canExtents false): the server reports everything as data, which the
  *   spec says is always correct. Detecting holes by reading would cost a full read.
  * The size is fixed at open; reads past the current end of the file (only possible while a
@@ -87,10 +88,16 @@ export class FileBackend implements Backend {
         await this.fh.truncate(offset);
         await this.fh.truncate(this.bytes);
       } else {
+        // Node has no fallocate: write zeroes, but only where the file does not already read
+        // as zeroes. Copy tools zero every hole of the source, and on a fresh sparse target
+        // this keeps those holes holes and costs reads (of holes: cheap) instead of writes.
         const zeroes = (zeroBuffer ??= Buffer.alloc(ZERO_CHUNK));
+        const scratch = Buffer.allocUnsafe(Math.min(ZERO_CHUNK, length));
         for (let pos = offset, end = offset + length; pos < end; ) {
           const n = Math.min(ZERO_CHUNK, end - pos);
-          await this.writeAll(n === ZERO_CHUNK ? zeroes : zeroes.subarray(0, n), pos);
+          const { bytesRead } = await this.fh.read(scratch, 0, n, pos);
+          const alreadyZero = bytesRead === n && scratch.subarray(0, n).equals(zeroes.subarray(0, n));
+          if (!alreadyZero) await this.writeAll(n === ZERO_CHUNK ? zeroes : zeroes.subarray(0, n), pos);
           pos += n;
         }
       }
