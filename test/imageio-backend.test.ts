@@ -107,13 +107,14 @@ describe('negotiation', () => {
   });
 
   test.each(['options-405', 'options-204'] as const)(
-    'legacy server (%s): one connection, zero emulated with PUTs, no flush',
+    'legacy server (%s): one connection, zero emulated with PUTs, flush waits for self-flushing PUTs',
     async (legacy) => {
       const server = await startServer({ legacy });
       const b = await open(server);
       expect(b.httpStats().poolSize).toBe(1);
       const caps = b.capabilities();
-      expect(caps).toMatchObject({ canWrite: true, canZero: true, canFastZero: false, canFlush: false, canExtents: false });
+      // Old servers flush every PUT (PUT's flush default is y), so FLUSH and FUA can be offered.
+      expect(caps).toMatchObject({ canWrite: true, canZero: true, canFastZero: false, canFlush: true, canFua: true, canExtents: false });
       expect(b.size()).toBe(64 * MiB); // from GET Range bytes=0-0
       await b.pwrite(Buffer.alloc(20 * MiB, 0xaa), 0);
       await b.zero(MiB, 17 * MiB);
@@ -126,6 +127,10 @@ describe('negotiation', () => {
       expect(data.subarray(18 * MiB).every((x) => x === 0xaa)).toBe(true);
       expect(b.httpStats().requests['PATCH zero']).toBeUndefined();
       expect(b.httpStats().requests.PUT.count).toBe(1 + 3); // 17 MiB in 8 MiB pieces
+      await b.flush();
+      expect(b.httpStats().requests['PATCH flush']).toBeUndefined();
+      // Every PUT went without ?flush=n, so the server flushed each one: nothing left unflushed.
+      expect(dataConnections(server).every((c) => c.unflushedWrites === 0)).toBe(true);
     },
   );
 

@@ -330,17 +330,22 @@ export class ImageioBackend implements Backend {
     this.stats.poolSize = n;
 
     const f = this.info.features;
+    // A server without the flush feature (old imageio, OPTIONS 405/204) flushes every PUT
+    // itself: imageio's PUT flush default is "y" precisely for those old clients, and we send
+    // no ?flush= to them. A write is then durable when its response arrives, so FLUSH only has
+    // to wait for the requests in flight, and FUA holds by itself. Advertising flush keeps
+    // virt-v2v's `nbdcopy --flush` working against such servers.
     this.caps = {
       canWrite: writable,
-      canFlush: writable && f.flush,
-      canFua: writable && f.flush,
+      canFlush: writable,
+      canFua: writable,
       canZero: writable,
       canFastZero: writable && f.zero,
       canTrim: false,
       canCache: false,
       canExtents: f.extents,
       // Our flush covers every connection, so it covers writes made through any NBD connection.
-      canMultiConn: f.flush || !writable,
+      canMultiConn: true,
     };
     this.imageSize = await this.discoverSize();
     this.log.info(
@@ -412,6 +417,8 @@ export class ImageioBackend implements Backend {
     this.info.transport = 'unix';
     this.conns[0] = this.newConnection(0);
     await closeClient(old.client);
+    // The negotiation connection is not part of the pool: count only pooled connections.
+    if (old.everConnected) this.stats.connectionsUsed--;
     this.log.debug({ socket: shown }, 'using the imageio unix socket');
   }
 
@@ -525,9 +532,10 @@ export class ImageioBackend implements Backend {
   async flush(): Promise<void> {
     this.checkUsable();
     if (this.dataLoss) throw this.dataLoss;
-    if (!this.info.features.flush) return;
     // Everything in flight now finishes (or fails) before the per-connection flushes go out.
     await Promise.allSettled([...this.inflight]);
+    // Without the flush feature every PUT was flushed by the server (see negotiate()).
+    if (!this.info.features.flush) return;
     const results = await Promise.allSettled(
       this.conns.map((conn) => (conn.connected || !conn.unflushed.empty ? this.flushConnection(conn, 'flush') : null)),
     );
