@@ -12,9 +12,8 @@ import { promisify } from 'node:util';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openImageioBackend } from '../src/backends/imageio-backend';
-import { createLogger } from '../src/log';
-import { NbdServer } from '../src/server/nbd-server';
+// In a project of your own: import { ... } from 'imageio-nbd';
+import { createLogger, NbdServer, openImageioBackend } from '../src';
 
 async function main(): Promise<number> {
   const [url, ...rest] = process.argv.slice(2);
