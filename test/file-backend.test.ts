@@ -74,12 +74,34 @@ describe('FileBackend zero keeps holes', () => {
       truncateSync(file, 64 * 1024 * 1024);
       const b = await openFileBackend(file);
       await b.pwrite(Buffer.alloc(4096, 9), 40 * 1024 * 1024);
-      await b.zero(0, 32 * 1024 * 1024, { mayTrim: false });
+      // Below the fallocate(1) threshold: zero reads first and writes only what is not zero.
+      await b.zero(0, 4 * 1024 * 1024, { mayTrim: false });
       await b.zero(40 * 1024 * 1024, 4096, { mayTrim: false });
       await b.flush();
-      // st_blocks counts 512-byte units actually allocated: the 32 MiB hole is still a hole.
+      // st_blocks counts 512-byte units actually allocated: the 4 MiB hole is still a hole.
       expect(statSync(file).blocks * 512).toBeLessThan(1024 * 1024);
       expect((await b.pread(40 * 1024 * 1024, 4096)).every((x: number) => x === 0)).toBe(true);
+      await b.close();
+    } finally {
+      dir.cleanup();
+    }
+  });
+});
+
+describe('FileBackend large zeroes', () => {
+  test.each([true, false])('mayTrim=%p: data becomes zeroes, neighbours untouched', async (mayTrim) => {
+    const dir = tmpDir('file-zero-big-');
+    try {
+      const file = dir.file('disk.raw');
+      writeFileSync(file, Buffer.alloc(48 * 1024 * 1024, 0x5a));
+      const b = await openFileBackend(file);
+      await b.zero(4096, 32 * 1024 * 1024, { mayTrim });
+      const got = await b.pread(0, 48 * 1024 * 1024);
+      expect(got.subarray(0, 4096).every((x: number) => x === 0x5a)).toBe(true);
+      expect(got.subarray(4096, 4096 + 32 * 1024 * 1024).every((x: number) => x === 0)).toBe(true);
+      expect(got.subarray(4096 + 32 * 1024 * 1024).every((x: number) => x === 0x5a)).toBe(true);
+      // Punching frees the blocks (all but the partial pages at the edges).
+      if (mayTrim) expect(statSync(file).blocks * 512).toBeLessThan(20 * 1024 * 1024);
       await b.close();
     } finally {
       dir.cleanup();

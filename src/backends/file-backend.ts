@@ -3,20 +3,27 @@
  * connection, so one fdatasync covers the writes of all of them: multi-conn is safe.
  *
  * Node exposes neither fallocate nor SEEK_DATA/SEEK_HOLE, so:
- * - zero writes zeroes from a shared zero buffer in bounded chunks, skipping chunks that already
- *   read as zeroes (holes stay holes); a zero that reaches the end of the file and may punch
- *   holes is done by truncating and re-extending the file (a hole).
+ * - zero of 8 MiB or more runs fallocate(1) (punch hole, or zero range with NO_HOLE); smaller
+ *   ones, or where that fails, write zeroes from a shared zero buffer in bounded chunks,
+ *   skipping chunks that already read as zeroes (holes stay holes). A zero that reaches the
+ *   end of the file and may punch holes truncates and re-extends the file.
  * - extents are not offered (canExtents false): the server reports everything as data, which the
  *   spec says is always correct. Detecting holes by reading would cost a full read.
  * The size is fixed at open; reads past the current end of the file (only possible while a
  * truncating zero runs) return zeroes.
  */
+import { execFile } from 'node:child_process';
 import { open, type FileHandle } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import type { Backend, Capabilities, WriteFlags, ZeroFlags } from '../backend';
 import { BackendError } from '../errors';
 import { NbdError } from '../../protocol/constants';
 
 const ZERO_CHUNK = 4 * 1024 * 1024;
+/** Zeroes at least this large go to fallocate(1); smaller ones cost less than its start-up. */
+const FALLOCATE_MIN = 8 * 1024 * 1024;
+let fallocateMissing = false;
+const execFileAsync = promisify(execFile);
 let zeroBuffer: Buffer | undefined;
 
 export interface FileBackendOptions {
@@ -87,6 +94,8 @@ export class FileBackend implements Backend {
         // Zeroing the tail: drop it and grow the file back, leaving a hole.
         await this.fh.truncate(offset);
         await this.fh.truncate(this.bytes);
+      } else if (length >= FALLOCATE_MIN && (await this.fallocate(offset, length, !!flags?.mayTrim))) {
+        // Done by the kernel: a hole (may trim) or zeroed blocks (NO_HOLE), no data written.
       } else {
         // Node has no fallocate: write zeroes, but only where the file does not already read
         // as zeroes. Copy tools zero every hole of the source, and on a fresh sparse target
@@ -104,6 +113,25 @@ export class FileBackend implements Backend {
       if (flags?.fua) await this.fh.datasync();
     } catch (err) {
       throw this.ioError('zero', offset, length, err);
+    }
+  }
+
+  /**
+   * Node has no fallocate(2); util-linux's fallocate(1) (on every Debian system) does it for a
+   * few ms per call, which beats reading and writing for large zeroes. It works on our open
+   * file through /proc/PID/fd, so a renamed or replaced path cannot be hit. Returns false if
+   * it is missing or the file system refuses; the caller then writes zeroes.
+   */
+  private async fallocate(offset: number, length: number, punch: boolean): Promise<boolean> {
+    if (fallocateMissing) return false;
+    const mode = punch ? '--punch-hole' : '--zero-range';
+    const target = `/proc/${process.pid}/fd/${this.fh.fd}`;
+    try {
+      await execFileAsync('fallocate', [mode, '--offset', String(offset), '--length', String(length), target]);
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') fallocateMissing = true;
+      return false;
     }
   }
 
