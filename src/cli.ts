@@ -18,7 +18,6 @@ import { NbdServer } from './server/nbd-server';
 import { formatBytes } from './size';
 import { formatHttpStats } from './http-stats';
 import { daemonizeIfAsked, notifyDaemonReady } from './daemonize';
-import { runImageioServerCommand } from './imageio-server/command';
 
 /** Entry point: returns the exit status. */
 export async function main(argv: string[]): Promise<number> {
@@ -36,8 +35,11 @@ export async function main(argv: string[]): Promise<number> {
     case 'version':
       process.stdout.write(parsed.text + '\n');
       return 0;
-    case 'imageio-server':
+    case 'imageio-server': {
+      // Loaded only for this subcommand: start-up time counts in every captive copy.
+      const { runImageioServerCommand } = require('./imageio-server/command') as typeof import('./imageio-server/command');
       return runImageioServerCommand(parsed.argv);
+    }
     case 'run':
       break;
   }

@@ -10,8 +10,8 @@ import { ConfigError } from './errors';
 import { parseSize } from './size';
 import { MemoryBackend } from './backends/memory-backend';
 import { openFileBackend } from './backends/file-backend';
-import { openImageioBackend, type ImageioBackend } from './backends/imageio-backend';
-import { CoalesceLayer } from './layers/coalesce-layer';
+import type { ImageioBackend } from './backends/imageio-backend';
+import type { CoalesceLayer } from './layers/coalesce-layer';
 import { StatsLayer } from './layers/stats-layer';
 
 export interface ExportStack {
@@ -65,6 +65,8 @@ export async function openExport(opts: ExportOptions, logger: Logger): Promise<E
     base = await openFileBackend(path, { readonly: opts.readonly });
     describe = `file ${path}`;
   } else {
+    // undici and the HTTP code load only for imageio URLs: start-up time counts in every copy.
+    const { openImageioBackend } = require('./backends/imageio-backend') as typeof import('./backends/imageio-backend');
     imageio = await openImageioBackend({
       url,
       size: opts.size,
@@ -86,6 +88,7 @@ export async function openExport(opts: ExportOptions, logger: Logger): Promise<E
   let coalesce: CoalesceLayer | undefined;
   let inner = base;
   if (imageio && opts.requestSize > 0 && !opts.readonly && base.capabilities().canWrite) {
+    const { CoalesceLayer } = require('./layers/coalesce-layer') as typeof import('./layers/coalesce-layer');
     coalesce = new CoalesceLayer(base, {
       requestSize: opts.requestSize,
       maxBufferedBytes: opts.maxBuffer,
