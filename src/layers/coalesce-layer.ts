@@ -121,8 +121,6 @@ interface Pending {
 const MAX_LIVE_BUFFERS = 256;
 /** Zeroes queued without waiting; past this many queued items a zero waits for its request. */
 const MAX_DEFERRED_ZEROES = 256;
-/** Full-size buffers kept for reuse. Not counted in maxBufferedBytes. */
-const MAX_FREE_BUFFERS = 2;
 
 export class CoalesceLayer implements Backend {
   readonly name = 'coalesce';
@@ -617,7 +615,14 @@ export class CoalesceLayer implements Backend {
     }
   }
 
+  /**
+   * Keep a finished request-size buffer for the next open buffer, as long as the buffers kept
+   * and the memory held stay within maxBufferedBytes: fresh 8 MiB buffers cost page faults
+   * and garbage-collector work on every request.
+   */
   private recycle(buf: Buffer): void {
-    if (!this.closing && this.free.length < MAX_FREE_BUFFERS && buf.length === this.requestSize) this.free.push(buf);
+    if (this.closing || buf.length !== this.requestSize) return;
+    if (this.bufferedBytes + (this.free.length + 1) * this.requestSize > this.maxBufferedBytes) return;
+    this.free.push(buf);
   }
 }

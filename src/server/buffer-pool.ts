@@ -13,7 +13,7 @@ export class BufferPool {
   private readonly mine = new WeakSet<ArrayBufferLike>();
   private freeBytes = 0;
 
-  constructor(private readonly maxFreeBytes = 128 * 1024 * 1024) {}
+  constructor(private readonly maxFreeBytes = 32 * 1024 * 1024) {}
 
   /** A buffer of exactly n bytes (contents undefined). */
   allocate(n: number): Buffer {

@@ -107,7 +107,7 @@ export class NbdServer extends EventEmitter {
       logger: this.log,
       handshakeTimeoutMs: this.opts.handshakeTimeoutMs ?? 10000,
       maxInFlight: Math.max(1, this.opts.maxInFlightPerConnection ?? 64),
-      maxPendingBytes: this.opts.maxPendingBytesPerConnection ?? 256 * 1024 * 1024,
+      maxPendingBytes: this.opts.maxPendingBytesPerConnection ?? 64 * 1024 * 1024,
       maxWriteBuffer: 64 * 1024 * 1024,
       maxOptions: this.opts.maxOptions ?? 256,
       payloadPool: this.payloadPool,
