@@ -93,6 +93,8 @@ export async function openExport(opts: ExportOptions, logger: Logger): Promise<E
       requestSize: opts.requestSize,
       maxBufferedBytes: opts.maxBuffer,
       maxInFlight: imageio.httpStats().poolSize,
+      // A write of half a request or more is big already: send it as it is, without a copy.
+      directWriteSize: Math.ceil(opts.requestSize / 2),
       logger,
     });
     inner = coalesce;

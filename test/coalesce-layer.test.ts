@@ -187,6 +187,20 @@ describe('CoalesceLayer merging', () => {
     await layer.flush();
   });
 
+  test('directWriteSize: big writes go straight through, uncopied and awaited; smaller ones merge', async () => {
+    const { inner, layer } = stack(MiB, { requestSize: 64 * KiB, directWriteSize: 32 * KiB });
+    const big = pattern(32 * KiB, 1);
+    await layer.pwrite(big, 0);
+    // Already done on the inner backend when pwrite resolves: no buffering.
+    expect(inner.writes().map((w) => [w.offset, w.length])).toEqual([[0, 32 * KiB]]);
+    expect(layer.stats().passthroughWrites).toBe(1);
+    await layer.pwrite(pattern(16 * KiB, 2), 32 * KiB);
+    await layer.pwrite(pattern(16 * KiB, 3), 48 * KiB);
+    await layer.flush();
+    expect(inner.writes().map((w) => [w.offset, w.length])).toEqual([[0, 32 * KiB], [32 * KiB, 32 * KiB]]);
+    expect(Buffer.concat([big, pattern(16 * KiB, 2), pattern(16 * KiB, 3)]).equals(await layer.pread(0, 64 * KiB))).toBe(true);
+  });
+
   test('never more than maxInFlight requests reach the inner backend at once', async () => {
     const { inner, layer } = stack(16 * MiB, { requestSize: 64 * KiB, maxInFlight: 3 }, { delay: () => 2 });
     await Promise.all(Array.from({ length: 64 }, (_, i) => layer.pwrite(pattern(32 * KiB, i), i * 32 * KiB)));
