@@ -1,17 +1,8 @@
 /** Formats the imageio backend's HTTP counters for --stats, after the NBD lines. */
+import type { ImageioHttpStats } from './backends/imageio-backend';
 import { formatBytes } from './size';
 
-export interface HttpStatsLike {
-  requests: Record<string, { count: number; bytes: number }>;
-  retries: number;
-  reconnects: number;
-  connectionsUsed: number;
-  poolSize: number;
-  bytesSent: number;
-  bytesReceived: number;
-}
-
-export function formatHttpStats(s: HttpStatsLike): string {
+export function formatHttpStats(s: ImageioHttpStats): string {
   const lines: string[] = [];
   for (const [kind, r] of Object.entries(s.requests)) {
     if (r.count === 0) continue;

@@ -28,39 +28,14 @@ import {
   type StartImageioOptions,
   type TestImageio,
   type TmpDir,
+  e2eSuite,
 } from './helpers/cli';
 import { runOk } from './helpers/run';
 
 const SIZE = 32 * MiB;
 
-let shared: TmpDir;
-let source: string;
-let dir: TmpDir;
-const servers: TestImageio[] = [];
-
-beforeAll(() => {
-  shared = tmpDir('e2e-cli-');
-  source = shared.file('source.raw');
-  makeSource(source, SIZE, 5);
-});
-
-afterAll(() => shared.cleanup());
-
-beforeEach(() => {
-  dir = tmpDir('cli-');
-});
-
-afterEach(async () => {
-  await killAll();
-  while (servers.length) await servers.pop()!.stop();
-  dir.cleanup();
-});
-
-async function imageio(opts: Partial<StartImageioOptions> = {}) {
-  const s = await startImageio({ dir, imageSize: SIZE, ...opts });
-  servers.push(s);
-  return s;
-}
+const suite = e2eSuite({ name: 'cli', size: SIZE, seed: 5 });
+const imageio = (opts: Partial<StartImageioOptions> = {}) => suite.imageio(opts);
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -78,8 +53,8 @@ const nonEmpty = (s: string) => s.split('\n').filter((l) => l.trim() !== '');
 describe("virt-v2v's nbdkit contract", () => {
   test('pidfile written only once the socket listens; nbdcopy as virt-v2v; SIGTERM flushes, closes every HTTP connection, exits 0', async () => {
     const s = await imageio();
-    const pidfile = dir.file('nbdkit.pid');
-    const sock = dir.file('nbdkit.sock');
+    const pidfile = suite.dir.file('nbdkit.pid');
+    const sock = suite.dir.file('nbdkit.sock');
     const proc = spawnCli([
       '--exit-with-parent', '--foreground', '--pidfile', pidfile, '--unix', sock, '--threads', '8',
       '-D', 'nbdkit.backend.datapath=0', `url=${s.url}`, `size=${SIZE}`, 'insecure=true',
@@ -97,12 +72,12 @@ describe("virt-v2v's nbdkit contract", () => {
     expect(await socketAccepts(sock)).toBe(true);
     expect(pid).toBe(`${proc.pid}\n`);
 
-    await runOk('nbdcopy', [source, `nbd+unix:///?socket=${sock}`, '--request-size=4194304', '--requests=16', '--flush']);
+    await runOk('nbdcopy', [suite.source, `nbd+unix:///?socket=${sock}`, '--request-size=4194304', '--requests=16', '--flush']);
     proc.signal('SIGTERM');
     const r = await proc.exited;
     expect(r.code).toBe(0);
     expect(r.stderr).toBe('');
-    expect(compareFiles(source, s.image)).toBe('equal');
+    expect(compareFiles(suite.source, s.image)).toBe('equal');
     // Every HTTP connection is closed (oVirt can finalize the transfer at once).
     await waitFor(() => s.server.stats().connectionsOpen === 0, 'imageio connections to close', 3000);
     expect(s.server.stats().connections.every((c) => c.unflushedWrites === 0)).toBe(true);
@@ -110,23 +85,23 @@ describe("virt-v2v's nbdkit contract", () => {
 
   test('SIGTERM flushes data written without a flush (nbdcopy without --flush, coalescing buffers)', async () => {
     const s = await imageio();
-    const sock = dir.file('nbd.sock');
-    const pidfile = dir.file('nbd.pid');
+    const sock = suite.dir.file('nbd.sock');
+    const pidfile = suite.dir.file('nbd.pid');
     const proc = spawnCli(['-f', '-P', pidfile, '-U', sock, s.url]);
     await waitForFile(pidfile);
-    await runOk('nbdcopy', [source, `nbd+unix:///?socket=${sock}`]);
+    await runOk('nbdcopy', [suite.source, `nbd+unix:///?socket=${sock}`]);
     proc.signal('SIGTERM');
     const r = await proc.exited;
     expect(r.code).toBe(0);
-    expect(compareFiles(source, s.image)).toBe('equal');
+    expect(compareFiles(suite.source, s.image)).toBe('equal');
     expect(s.server.stats().connections.every((c) => c.unflushedWrites === 0)).toBe(true);
     expect(s.server.stats().connectionsOpen).toBe(0);
     expect(existsSync(pidfile)).toBe(true); // nbdkit leaves it; virt-v2v removes its temp dir
   });
 
   test('--exit-with-parent: killing the parent shell makes the server exit', async () => {
-    const sock = dir.file('nbd.sock');
-    const pidfile = dir.file('nbd.pid');
+    const sock = suite.dir.file('nbd.sock');
+    const pidfile = suite.dir.file('nbd.pid');
     const shell = spawnTracked('sh', ['-c', `"${process.execPath}" "${CLI}" --exit-with-parent -f -P "${pidfile}" -U "${sock}" memory:1M & wait`]);
     const pid = Number(await waitForFile(pidfile));
     trackPid(pid);
@@ -178,8 +153,8 @@ describe('--run (captive mode)', () => {
 });
 
 test('without -f the command detaches and returns once listening', async () => {
-  const sock = dir.file('nbd.sock');
-  const pidfile = dir.file('nbd.pid');
+  const sock = suite.dir.file('nbd.sock');
+  const pidfile = suite.dir.file('nbd.pid');
   const proc = spawnCli(['-U', sock, '-P', pidfile, 'memory:1M']);
   // The parent exits 0; the detached child keeps stderr open, so wait for 'exit', not 'close'.
   const code = await new Promise<number | null>((resolve) => proc.child.once('exit', (c) => resolve(c)));
@@ -198,12 +173,12 @@ test('without -f the command detaches and returns once listening', async () => {
 describe('start failures: one clear line, non-zero exit, nothing listening', () => {
   let pki: ReturnType<typeof makePki>;
   beforeAll(() => {
-    pki = makePki(shared.path);
+    pki = makePki(suite.shared.path);
   });
 
   async function fails(args: string[], expected: RegExp) {
-    const sock = dir.file('fail.sock');
-    const pidfile = dir.file('fail.pid');
+    const sock = suite.dir.file('fail.sock');
+    const pidfile = suite.dir.file('fail.pid');
     const r = await runCli(['-f', '-U', sock, '-P', pidfile, ...args], { timeoutMs: 30000 });
     expect({ code: r.code, lines: nonEmpty(r.stderr), stdout: r.stdout }).toEqual({
       code: 1,
@@ -235,7 +210,7 @@ describe('start failures: one clear line, non-zero exit, nothing listening', () 
   });
 
   test('socket path in use by another server, which keeps working', async () => {
-    const sock = dir.file('fail.sock');
+    const sock = suite.dir.file('fail.sock');
     const other = net.createServer((c) => {
       c.on('error', () => undefined); // imageio-nbd's probe connects and goes away
       c.end('hello');
@@ -272,18 +247,18 @@ describe('output', () => {
   test('default: quiet on success, only what --run prints', async () => {
     const s = await imageio();
     const r = await runCli(['--run', 'qemu-img convert -n -f raw -O raw "$SRC" "$uri" && echo copied', s.url], {
-      env: { ...process.env, SRC: source },
+      env: { ...process.env, SRC: suite.source },
     });
     expect(r.code).toBe(0);
     expect(r.stdout).toBe('copied\n');
     expect(r.stderr).toBe('');
-    expect(compareFiles(source, s.image)).toBe('equal');
+    expect(compareFiles(suite.source, s.image)).toBe('equal');
   });
 
   test('--stats: nbdkit lines, http lines, process line on stderr; --stats=FILE into a file', async () => {
     const s = await imageio();
     const cmd = 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"';
-    const env = { ...process.env, SRC: source };
+    const env = { ...process.env, SRC: suite.source };
     const r = await runCli(['--stats', '--run', cmd, s.url], { env });
     expect(r.code).toBe(0);
     const lines = nonEmpty(r.stderr);
@@ -304,7 +279,7 @@ describe('output', () => {
     }
 
     const s2 = await imageio({ name: 'b' });
-    const file = dir.file('stats.txt');
+    const file = suite.dir.file('stats.txt');
     const r2 = await runCli([`--stats=${file}`, '--run', cmd, s2.url], { env });
     expect(r2.code).toBe(0);
     expect(r2.stderr).toBe('');
@@ -349,7 +324,7 @@ describe('output', () => {
       expect(typeof j.level).toBe('number');
       expect(typeof j.msg).toBe('string');
     }
-    const bad = await runCli(['--log-format', 'json', '-f', '-U', dir.file('x.sock'), 'http://127.0.0.1:1/images/x', '--retries', '0']);
+    const bad = await runCli(['--log-format', 'json', '-f', '-U', suite.dir.file('x.sock'), 'http://127.0.0.1:1/images/x', '--retries', '0']);
     expect(bad.code).toBe(1);
     const badLines = nonEmpty(bad.stderr);
     expect(badLines).toHaveLength(1);
@@ -381,10 +356,10 @@ describe('output', () => {
 });
 
 test('a file:// export round-trips through nbdcopy (the same command, no imageio)', async () => {
-  const target = dir.file('file-target.raw');
+  const target = suite.dir.file('file-target.raw');
   writeFileSync(target, '');
   await runOk('truncate', ['-s', String(SIZE), target]);
-  const r = await runCli(['--run', 'nbdcopy "$SRC" "$uri"', `file://${target}`], { env: { ...process.env, SRC: source } });
+  const r = await runCli(['--run', 'nbdcopy "$SRC" "$uri"', `file://${target}`], { env: { ...process.env, SRC: suite.source } });
   expect(r.code).toBe(0);
-  expect(compareFiles(source, target)).toBe('equal');
+  expect(compareFiles(suite.source, target)).toBe('equal');
 });

@@ -17,38 +17,13 @@ import {
   type StartImageioOptions,
   type TestImageio,
   type TmpDir,
+  e2eSuite,
 } from './helpers/cli';
 
 const SIZE = 32 * MiB;
 
-let shared: TmpDir;
-let source: string;
-let dir: TmpDir;
-const servers: TestImageio[] = [];
-
-beforeAll(() => {
-  shared = tmpDir('e2e-faults-');
-  source = shared.file('source.raw');
-  makeSource(source, SIZE, 3);
-});
-
-afterAll(() => shared.cleanup());
-
-beforeEach(() => {
-  dir = tmpDir('e2e-f-');
-});
-
-afterEach(async () => {
-  await killAll();
-  while (servers.length) await servers.pop()!.stop();
-  dir.cleanup();
-});
-
-async function imageio(opts: Partial<StartImageioOptions> = {}) {
-  const s = await startImageio({ dir, imageSize: SIZE, withControl: true, ...opts });
-  servers.push(s);
-  return s;
-}
+const suite = e2eSuite({ name: 'faults', size: SIZE, seed: 3, imageio: { withControl: true } });
+const imageio = (opts: Partial<StartImageioOptions> = {}) => suite.imageio(opts);
 
 const QEMU_IMG = 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"';
 const NBDCOPY_V2V = 'nbdcopy --request-size=4194304 --requests=16 --flush "$SRC" "$uri"';
@@ -56,7 +31,7 @@ const NBDCOPY_V2V = 'nbdcopy --request-size=4194304 --requests=16 --flush "$SRC"
 /** imageio-nbd --run CMD URL, with $SRC, $CONTROL (the server's control socket) and $SCRIPT set. */
 function runWith(s: TestImageio, cmd: string, extra: string[] = [], script = '') {
   return runCli([...extra, '--run', cmd, s.url], {
-    env: { ...process.env, SRC: source, CONTROL: s.control ?? '', SCRIPT: script },
+    env: { ...process.env, SRC: suite.source, CONTROL: s.control ?? '', SCRIPT: script },
     timeoutMs: 60000,
   });
 }
@@ -110,7 +85,7 @@ describe('HTTP errors', () => {
     s.server.faults.add({ method: 'PUT', after: 2, action: { status: 500 } });
     const r = await runWith(s, QEMU_IMG);
     expect(r.code).toBe(0);
-    expect(compareFiles(source, s.image)).toBe('equal');
+    expect(compareFiles(suite.source, s.image)).toBe('equal');
     expect(s.server.stats().faultsApplied).toBe(1);
     expect(r.stderr).toMatch(/failed \(HTTP 500.*\); retrying/); // a warning, not silence
   });
@@ -146,7 +121,7 @@ sys.exit(5 if fails("flush", lambda: h.flush()) else 0)
     s.server.faults.add({ method: 'PUT', action: { drop: 'mid-body' } });
     const r = await runWith(s, QEMU_IMG);
     expect(r.code).toBe(0);
-    expect(compareFiles(source, s.image)).toBe('equal');
+    expect(compareFiles(suite.source, s.image)).toBe('equal');
     expect(s.server.stats().faultsApplied).toBe(1);
 
     const s2 = await imageio({ name: 'b' });
@@ -171,12 +146,12 @@ print("done")
   });
 
   test('a GET cut mid-body is retried: the download is byte-exact', async () => {
-    const s = await imageio({ image: source, readonly: true });
+    const s = await imageio({ image: suite.source, readonly: true });
     s.server.faults.add({ method: 'GET', op: 'read', after: 1, action: { drop: 'mid-body' } });
-    const out = dir.file('out.raw');
+    const out = suite.dir.file('out.raw');
     const r = await runCli(['--readonly', '--run', 'nbdcopy "$uri" "$OUT"', s.url], { env: { ...process.env, OUT: out } });
     expect(r.code).toBe(0);
-    expect(compareFiles(source, out)).toBe('equal');
+    expect(compareFiles(suite.source, out)).toBe('equal');
     expect(s.server.stats().faultsApplied).toBe(1);
   });
 });
@@ -185,8 +160,8 @@ describe('expired ticket', () => {
   test('at start: one clear line, exit 1, nothing listens and no pidfile', async () => {
     const s = await imageio();
     s.server.expireTicket();
-    const sock = dir.file('nbd.sock');
-    const pid = dir.file('nbd.pid');
+    const sock = suite.dir.file('nbd.sock');
+    const pid = suite.dir.file('nbd.pid');
     const r = await runCli(['--foreground', '--unix', sock, '--pidfile', pid, s.url]);
     expect(r.code).toBe(1);
     expect(r.stdout).toBe('');

@@ -19,47 +19,25 @@ import {
   type TestImageio,
   type TestPki,
   type TmpDir,
+  e2eSuite,
 } from './helpers/cli';
 import { runOk } from './helpers/run';
 
 const SIZE = 128 * MiB;
 
-let shared: TmpDir;
-let source: string;
+const suite = e2eSuite({ name: 'upload', size: SIZE, seed: 7 });
+const imageio = (opts: Partial<StartImageioOptions> = {}) => suite.imageio(opts);
+
 let pki: TestPki;
-let dir: TmpDir;
-const servers: TestImageio[] = [];
-
 beforeAll(() => {
-  shared = tmpDir('e2e-up-');
-  source = shared.file('source.raw');
-  makeSource(source, SIZE, 7);
-  pki = makePki(shared.path);
+  pki = makePki(suite.shared.path);
 });
-
-afterAll(() => shared.cleanup());
-
-beforeEach(() => {
-  dir = tmpDir('e2e-');
-});
-
-afterEach(async () => {
-  await killAll();
-  while (servers.length) await servers.pop()!.stop();
-  dir.cleanup();
-});
-
-async function imageio(opts: Partial<StartImageioOptions> = {}) {
-  const s = await startImageio({ dir, imageSize: SIZE, ...opts });
-  servers.push(s);
-  return s;
-}
 
 /** Run imageio-nbd --run CMD URL with $SRC and $OUT set; expects success; returns stderr and parsed stats. */
 async function upload(url: string, cmd: string, extra: string[] = [], out?: string, env: NodeJS.ProcessEnv = {}) {
-  const statsFile = dir.file('stats.txt');
+  const statsFile = suite.dir.file('stats.txt');
   const r = await runCli([...extra, `--stats=${statsFile}`, '--run', cmd, url], {
-    env: { ...process.env, SRC: source, OUT: out ?? '', ...env },
+    env: { ...process.env, SRC: suite.source, OUT: out ?? '', ...env },
     timeoutMs: 60000,
   });
   if (r.code !== 0) throw new Error(`imageio-nbd exited ${r.code ?? r.signal}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
@@ -93,7 +71,7 @@ describe('upload into the built-in imageio server', () => {
   ])('%s over %s', async (_name, transport, cmd) => {
     const s = await imageio();
     const r = await upload(s.url, cmd, transport === 'tcp' ? ['--unix-socket', 'never'] : []);
-    expect(compareFiles(source, s.image)).toBe('equal');
+    expect(compareFiles(suite.source, s.image)).toBe('equal');
     expect(dataServices(s)).toEqual([transport]);
     // Default: quiet on success.
     expect(r.stdout).toBe('');
@@ -111,11 +89,11 @@ describe('upload into the built-in imageio server', () => {
     async (_name, cmd) => {
       const s1 = await imageio({ name: 'a' });
       await upload(s1.url, cmd);
-      expect(compareFiles(source, s1.image)).toBe('equal');
+      expect(compareFiles(suite.source, s1.image)).toBe('equal');
       expect(dataServices(s1)).toEqual(['unix']);
       const s2 = await imageio({ name: 'b' });
       await upload(s2.url, cmd, ['--unix-socket', 'never']);
-      expect(compareFiles(source, s2.image)).toBe('equal');
+      expect(compareFiles(suite.source, s2.image)).toBe('equal');
       expect(dataServices(s2)).toEqual(['tcp']);
     },
   );
@@ -124,33 +102,33 @@ describe('upload into the built-in imageio server', () => {
     const s = await imageio({ tls: { cert: pki.cert, key: pki.key }, withUnix: false });
     expect(s.url.startsWith('https://127.0.0.1:')).toBe(true);
     await upload(s.url, QEMU_IMG, ['--cafile', pki.ca]);
-    expect(compareFiles(source, s.image)).toBe('equal');
+    expect(compareFiles(suite.source, s.image)).toBe('equal');
     expect(dataServices(s)).toEqual(['tcp']);
 
     const s2 = await imageio({ tls: { cert: pki.cert, key: pki.key }, withUnix: false, name: 'b' });
     await upload(s2.url, NBDCOPY_V2V, ['--cafile', pki.ca]);
-    expect(compareFiles(source, s2.image)).toBe('equal');
+    expect(compareFiles(suite.source, s2.image)).toBe('equal');
   });
 
   test('HTTPS with --insecure (no verification), and key=value insecure=true', async () => {
     const s = await imageio({ tls: { cert: pki.cert, key: pki.key }, withUnix: false });
     await upload(s.url, NBDCOPY, ['--insecure']);
-    expect(compareFiles(source, s.image)).toBe('equal');
+    expect(compareFiles(suite.source, s.image)).toBe('equal');
 
     const s2 = await imageio({ tls: { cert: pki.cert, key: pki.key }, withUnix: false, name: 'b' });
-    const statsFile = dir.file('kv-stats.txt');
+    const statsFile = suite.dir.file('kv-stats.txt');
     const r = await runCli([`--stats=${statsFile}`, '--run', QEMU_IMG, `url=${s2.url}`, `size=${SIZE}`, 'insecure=true'], {
-      env: { ...process.env, SRC: source },
+      env: { ...process.env, SRC: suite.source },
     });
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
-    expect(compareFiles(source, s2.image)).toBe('equal');
+    expect(compareFiles(suite.source, s2.image)).toBe('equal');
   });
 
   test('HTTPS server that also offers its unix socket: the unix socket is used, no TLS needed for data', async () => {
     const s = await imageio({ tls: { cert: pki.cert, key: pki.key } });
     const r = await upload(s.url, QEMU_IMG, ['--cafile', pki.ca]);
-    expect(compareFiles(source, s.image)).toBe('equal');
+    expect(compareFiles(suite.source, s.image)).toBe('equal');
     expect(dataServices(s)).toEqual(['unix']);
     // The OPTIONS that found the socket went over HTTPS, everything else over the socket.
     const tcp = s.server.stats().connections.filter((c) => c.service === 'tcp');
@@ -161,7 +139,7 @@ describe('upload into the built-in imageio server', () => {
   test('an old server (OPTIONS 405): one connection, zero emulated with PUTs, no PATCH at all', async () => {
     const s = await imageio({ legacy: 'options-405' });
     const r = await upload(s.url, QEMU_IMG);
-    expect(compareFiles(source, s.image)).toBe('equal');
+    expect(compareFiles(suite.source, s.image)).toBe('equal');
     const st = s.server.stats();
     expect(st.methods.PATCH ?? 0).toBe(0);
     expect(st.ops.zero ?? 0).toBe(0);
@@ -176,7 +154,7 @@ describe('upload into the built-in imageio server', () => {
   test('an old server (OPTIONS 204) with nbdcopy', async () => {
     const s = await imageio({ legacy: 'options-204' });
     await upload(s.url, 'nbdcopy --request-size=4194304 --requests=16 "$SRC" "$uri"');
-    expect(compareFiles(source, s.image)).toBe('equal');
+    expect(compareFiles(suite.source, s.image)).toBe('equal');
     expect(s.server.stats().methods.PATCH ?? 0).toBe(0);
   });
 });
@@ -185,7 +163,7 @@ describe('coalescing', () => {
   // A dense source (contiguous data), so that consecutive writes can be merged.
   let dense: string;
   beforeAll(async () => {
-    dense = shared.file('dense.raw');
+    dense = suite.shared.file('dense.raw');
     await runOk('sh', ['-c', `head -c ${48 * MiB} /dev/urandom > "${dense}"`]);
   });
 
@@ -225,8 +203,8 @@ describe('coalescing', () => {
 describe('download back', () => {
   async function filledServer() {
     // The server's image is a sparse copy of the source, so its extents have holes.
-    const image = dir.file('served.raw');
-    await runOk('cp', ['--sparse=always', source, image]);
+    const image = suite.dir.file('served.raw');
+    await runOk('cp', ['--sparse=always', suite.source, image]);
     return imageio({ image });
   }
 
@@ -235,9 +213,9 @@ describe('download back', () => {
     ['nbdcopy', 'nbdcopy "$uri" "$OUT"'],
   ])('%s reads only the data (block status), bytes equal', async (_name, cmd) => {
     const s = await filledServer();
-    const out = dir.file('out.raw');
+    const out = suite.dir.file('out.raw');
     const r = await upload(s.url, cmd, ['--readonly'], out);
-    expect(compareFiles(source, out)).toBe('equal');
+    expect(compareFiles(suite.source, out)).toBe('equal');
     const st = s.server.stats();
     expect(st.ops.extents).toBeGreaterThanOrEqual(1);
     expect(st.bytesRead).toBeGreaterThan(0);
@@ -250,9 +228,9 @@ describe('download back', () => {
 
   test('qemu-img over TCP with nbd+unix URI from --run, read-write export: reads only', async () => {
     const s = await filledServer();
-    const out = dir.file('out.raw');
+    const out = suite.dir.file('out.raw');
     await upload(s.url, 'qemu-img convert -f raw -O raw "$uri" "$OUT"', ['--unix-socket', 'never'], out);
-    expect(compareFiles(source, out)).toBe('equal');
+    expect(compareFiles(suite.source, out)).toBe('equal');
     expect(s.server.stats().methods.PUT ?? 0).toBe(0);
     expect(s.server.stats().bytesRead).toBeLessThan(SIZE * 0.6);
     expect(dataServices(s)).toEqual(['tcp']);
@@ -260,10 +238,10 @@ describe('download back', () => {
 });
 
 test('a copy of the source file round-trips through memory: (sanity of the comparison helper)', () => {
-  const c = dir.file('copy.raw');
-  copyFileSync(source, c);
-  expect(compareFiles(source, c)).toBe('equal');
-  const other = dir.file('other.raw');
+  const c = suite.dir.file('copy.raw');
+  copyFileSync(suite.source, c);
+  expect(compareFiles(suite.source, c)).toBe('equal');
+  const other = suite.dir.file('other.raw');
   makeSource(other, SIZE, 8);
-  expect(compareFiles(source, other)).not.toBe('equal');
+  expect(compareFiles(suite.source, other)).not.toBe('equal');
 });

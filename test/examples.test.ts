@@ -16,39 +16,14 @@ import {
   type StartImageioOptions,
   type TestImageio,
   type TmpDir,
+  e2eSuite,
 } from './helpers/cli';
 import { runOk } from './helpers/run';
 
 const SIZE = 32 * MiB;
 
-let shared: TmpDir;
-let source: string;
-let dir: TmpDir;
-const servers: TestImageio[] = [];
-
-beforeAll(() => {
-  shared = tmpDir('e2e-examples-');
-  source = shared.file('source.raw');
-  makeSource(source, SIZE, 11);
-});
-
-afterAll(() => shared.cleanup());
-
-beforeEach(() => {
-  dir = tmpDir('ex-');
-});
-
-afterEach(async () => {
-  await killAll();
-  while (servers.length) await servers.pop()!.stop();
-  dir.cleanup();
-});
-
-async function imageio(opts: Partial<StartImageioOptions> = {}) {
-  const s = await startImageio({ dir, imageSize: SIZE, ...opts });
-  servers.push(s);
-  return s;
-}
+const suite = e2eSuite({ name: 'examples', size: SIZE, seed: 11 });
+const imageio = (opts: Partial<StartImageioOptions> = {}) => suite.imageio(opts);
 
 async function example(args: string[], env: NodeJS.ProcessEnv = {}) {
   const [script, ...rest] = args;
@@ -66,15 +41,15 @@ const dataServices = (s: TestImageio) => [
 
 test('upload-qemu-img.sh DISK URL [options]', async () => {
   const s = await imageio();
-  const r = await example(['upload-qemu-img.sh', source, s.url]);
+  const r = await example(['upload-qemu-img.sh', suite.source, s.url]);
   expect(r.stderr).toBe('');
-  expect(compareFiles(source, s.image)).toBe('equal');
+  expect(compareFiles(suite.source, s.image)).toBe('equal');
   expect(dataServices(s)).toEqual(['unix']);
 
   // Extra arguments are imageio-nbd options.
   const s2 = await imageio({ name: 'b' });
-  await example(['upload-qemu-img.sh', source, s2.url, '--unix-socket', 'never']);
-  expect(compareFiles(source, s2.image)).toBe('equal');
+  await example(['upload-qemu-img.sh', suite.source, s2.url, '--unix-socket', 'never']);
+  expect(compareFiles(suite.source, s2.image)).toBe('equal');
   expect(dataServices(s2)).toEqual(['tcp']);
 });
 
@@ -83,7 +58,7 @@ test('nbdcopy-from-nbdkit.sh URL SIZE SEED equals nbdkit sparse-random read back
   const size = 128 * MiB;
   const s = await imageio({ imageSize: size });
   await example(['nbdcopy-from-nbdkit.sh', s.url, String(size), '2']);
-  const ref = dir.file('reference.raw');
+  const ref = suite.dir.file('reference.raw');
   await runOk('nbdkit', ['-U', '-', 'sparse-random', `size=${size}`, 'seed=2', 'percent=20', '--run', 'nbdcopy "$uri" "$REF"'], {
     env: { ...process.env, REF: ref },
   });
@@ -93,21 +68,21 @@ test('nbdcopy-from-nbdkit.sh URL SIZE SEED equals nbdkit sparse-random read back
 
 test('virt-v2v-style.sh DISK URL: copied, and every HTTP connection closed at the end', async () => {
   const s = await imageio();
-  const r = await example(['virt-v2v-style.sh', source, s.url]);
+  const r = await example(['virt-v2v-style.sh', suite.source, s.url]);
   expect(r.stderr).toBe('');
-  expect(compareFiles(source, s.image)).toBe('equal');
+  expect(compareFiles(suite.source, s.image)).toBe('equal');
   expect(s.server.stats().connectionsOpen).toBe(0);
   expect(s.server.stats().connections.every((c) => c.unflushedWrites === 0)).toBe(true);
 });
 
 test('backup-download.sh URL OUT: the map, then a byte-exact backup that skipped the holes', async () => {
   // Sparser and larger than the other sources, so that some whole 8 MiB requests are holes.
-  const image = dir.file('served.raw');
+  const image = suite.dir.file('served.raw');
   makeSource(image, 64 * MiB, 12, 0.15);
-  const copy = dir.file('expected.raw');
+  const copy = suite.dir.file('expected.raw');
   await runOk('cp', ['--sparse=always', image, copy]);
   const s = await imageio({ image, readonly: true });
-  const out = dir.file('backup.raw');
+  const out = suite.dir.file('backup.raw');
   const r = await example(['backup-download.sh', s.url, out]);
   expect(compareFiles(copy, out)).toBe('equal');
   expect(r.stdout).toMatch(/^\s*0\s+\d+\s+0\s+data$/m);

@@ -29,7 +29,7 @@ export interface SparseImageSummary {
 const ALIGN = 4096;
 
 /** A small seeded PRNG (mulberry32) for the layout; the data itself comes from AES-CTR. */
-function prng(seed: number): () => number {
+export function prng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;

@@ -354,3 +354,57 @@ export async function rmf(p: string): Promise<void> {
 }
 
 export { tmpDir, type TmpDir, existsSync };
+
+/** What an end-to-end suite gets from e2eSuite(). */
+export interface E2eSuite {
+  /** Per-suite temporary directory, holding the source image. */
+  readonly shared: TmpDir;
+  /** The suite's seeded sparse source image, made once. */
+  readonly source: string;
+  /** This test's temporary directory, removed after it. */
+  readonly dir: TmpDir;
+  /** A built-in imageio server on an empty image of the suite's size, stopped after the test. */
+  imageio(opts?: Partial<StartImageioOptions>): Promise<TestImageio>;
+}
+
+/**
+ * The jest hooks every end-to-end suite needs: a seeded source image per suite, a temporary
+ * directory per test, and after each test every CLI process killed and every imageio server
+ * stopped, so no test leaks processes or files into the next.
+ */
+export function e2eSuite(opts: { name: string; size: number; seed: number; imageio?: Partial<StartImageioOptions> }): E2eSuite {
+  let shared: TmpDir | undefined;
+  let dir: TmpDir | undefined;
+  let source = '';
+  const servers: TestImageio[] = [];
+  beforeAll(() => {
+    shared = tmpDir(`e2e-${opts.name}-`);
+    source = shared.file('source.raw');
+    makeSource(source, opts.size, opts.seed);
+  });
+  afterAll(() => shared?.cleanup());
+  beforeEach(() => {
+    dir = tmpDir(`${opts.name}-`);
+  });
+  afterEach(async () => {
+    await killAll();
+    while (servers.length) await servers.pop()!.stop();
+    dir?.cleanup();
+  });
+  return {
+    get shared() {
+      return shared!;
+    },
+    get source() {
+      return source;
+    },
+    get dir() {
+      return dir!;
+    },
+    async imageio(o: Partial<StartImageioOptions> = {}) {
+      const s = await startImageio({ dir: dir!, imageSize: opts.size, ...opts.imageio, ...o });
+      servers.push(s);
+      return s;
+    },
+  };
+}

@@ -4,6 +4,7 @@
  * WRITE_ZEROES and hole detection.
  */
 import { open } from 'node:fs/promises';
+import { prng } from '../../src/tools/sparse-image';
 
 export interface ImageRegion {
   offset: number;
@@ -12,17 +13,8 @@ export interface ImageRegion {
   kind: 'data' | 'zero';
 }
 
-/** A small fast PRNG (mulberry32): the same seed gives the same image on every machine. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The seeded PRNG of the benchmark images: the same seed gives the same image everywhere. */
+export { prng };
 
 export function fillRandom(buf: Buffer, rand: () => number): void {
   let i = 0;
