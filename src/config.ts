@@ -21,6 +21,8 @@ export interface RunConfig {
   /** 0 turns write coalescing off. */
   requestSize: number;
   maxBuffer: number;
+  /** Send a partly filled coalescing buffer after this many ms without new writes to it. */
+  coalesceIdleMs: number;
   preferredBlockSize?: number;
   connectTimeoutMs: number;
   requestTimeoutMs: number;
@@ -82,6 +84,7 @@ function buildParser(argv: string[]) {
     .option('connections', { type: 'number', describe: 'HTTP connections in the pool (default 4; fewer if the server says so)', group: 'imageio options:' })
     .option('request-size', { type: 'string', describe: 'Coalesce writes into HTTP requests of this size (default 8M; 0 turns coalescing off)', group: 'imageio options:' })
     .option('max-buffer', { type: 'string', describe: 'Bound on write data buffered or in flight (default 64M)', group: 'imageio options:' })
+    .option('coalesce-idle', { type: 'number', describe: 'Send a partly filled request after this many seconds without new writes to it (default 0.01)', group: 'imageio options:' })
     .option('size', { type: 'string', describe: 'Export size (default: discovered from the server)', group: 'imageio options:' })
     .option('block-size', { type: 'string', describe: 'Preferred block size advertised to NBD clients (default: 8M for imageio, 4M otherwise)', group: 'imageio options:' })
     .option('connect-timeout', { type: 'number', describe: 'Seconds to wait for an HTTP connection (default 10)', group: 'imageio options:' })
@@ -205,6 +208,10 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
   const requestSize = parseSize((a['request-size'] as string | undefined) ?? '8M', 'request size');
   if (requestSize > 64 * 2 ** 20) throw new ConfigError('invalid request size: at most 64M');
   const maxBuffer = parseSize((a['max-buffer'] as string | undefined) ?? '64M', 'max buffer');
+  const coalesceIdle = (a['coalesce-idle'] as number | undefined) ?? 0.01;
+  if (!(coalesceIdle >= 0.001 && coalesceIdle <= 3600)) {
+    throw new ConfigError(`invalid --coalesce-idle ${String(a['coalesce-idle'])}: seconds from 0.001 to 3600`);
+  }
   if (requestSize > 0 && maxBuffer < requestSize) {
     throw new ConfigError(`--max-buffer (${maxBuffer}) must be at least --request-size (${requestSize})`);
   }
@@ -236,6 +243,7 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     connections: positiveInt(a.connections ?? 4, 'connections'),
     requestSize,
     maxBuffer,
+    coalesceIdleMs: Math.round(coalesceIdle * 1000),
     preferredBlockSize,
     connectTimeoutMs: positiveInt(a['connect-timeout'] ?? 10, 'connect timeout') * 1000,
     requestTimeoutMs: positiveInt(a['request-timeout'] ?? 60, 'request timeout') * 1000,

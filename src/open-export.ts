@@ -35,6 +35,7 @@ export type ExportOptions = Pick<
   | 'connections'
   | 'requestSize'
   | 'maxBuffer'
+  | 'coalesceIdleMs'
   | 'preferredBlockSize'
   | 'connectTimeoutMs'
   | 'requestTimeoutMs'
@@ -95,6 +96,7 @@ export async function openExport(opts: ExportOptions, logger: Logger): Promise<E
       maxInFlight: imageio.httpStats().poolSize,
       // A write of half a request or more is big already: send it as it is, without a copy.
       directWriteSize: Math.ceil(opts.requestSize / 2),
+      idleMs: opts.coalesceIdleMs,
       logger,
     });
     inner = coalesce;

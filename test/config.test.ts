@@ -59,6 +59,8 @@ describe('parseArgs', () => {
     expect((await cfg(['--stats', 'memory:1M'])).stats).toBe('');
     expect((await cfg(['--stats=/tmp/x', 'memory:1M'])).stats).toBe('/tmp/x');
     expect((await cfg(['--request-size', '0', 'memory:1M'])).requestSize).toBe(0);
+    expect((await cfg(['memory:1M'])).coalesceIdleMs).toBe(10);
+    expect((await cfg(['--coalesce-idle', '2.5', 'memory:1M'])).coalesceIdleMs).toBe(2500);
   });
 
   test.each([
@@ -75,6 +77,7 @@ describe('parseArgs', () => {
     [['--cafile', 'x', '--insecure', 'http://h/images/t'], /contradict/],
     [['--bogus-option', 'memory:1M'], /bogus-option/],
     [['--block-size', '3000', 'memory:1M'], /power of two/],
+    [['--coalesce-idle', '0', 'memory:1M'], /coalesce-idle/],
   ])('rejects %p', async (argv, re) => {
     await expect(parseArgs(argv as string[])).rejects.toThrow(re);
   });
