@@ -144,7 +144,10 @@ async function serve(config: RunConfig, logger: Logger): Promise<number> {
   logger.info(`listening on ${uri}`);
   if (config.pidfile) {
     try {
-      fs.writeFileSync(config.pidfile, `${process.pid}\n`);
+      // Atomically: whoever polls for the file (virt-v2v) never reads it half written.
+      const tmp = `${config.pidfile}.${process.pid}.tmp`;
+      fs.writeFileSync(tmp, `${process.pid}\n`);
+      fs.renameSync(tmp, config.pidfile);
     } catch (err) {
       await server.close();
       await stack.top.close().catch(() => undefined);

@@ -169,6 +169,15 @@ export async function waitFor<T>(pred: () => T | Promise<T>, what: string, timeo
   }
 }
 
+/**
+ * Wait (up to 5 s) until the imageio server has seen every connection close. A client that
+ * closed its sockets before exiting is seen closed a moment later, not at once; one that
+ * leaves them open would keep them for the server's idle timeout (60 s by default).
+ */
+export function waitAllClosed(server: { stats(): { connectionsOpen: number } }): Promise<boolean> {
+  return waitFor(() => server.stats().connectionsOpen === 0, 'every imageio connection to close', 5000);
+}
+
 /** Wait until `file` exists and is not empty; returns its content. */
 export function waitForFile(file: string, timeoutMs = 15000): Promise<string> {
   return waitFor(() => {
