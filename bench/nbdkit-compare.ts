@@ -11,7 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { writeSparseImage } from '../src/tools/sparse-image';
 import { parseSize } from '../src/size';
-import { CLI, emptyTarget, sameBytes, table, timed } from './lib';
+import { arg, CLI, emptyTarget, sameBytes, table, timed, runBench } from './lib';
 
 const CLIENTS = [
   { name: 'nbdcopy', cmd: 'nbdcopy "$SRC" "$uri"' },
@@ -19,11 +19,6 @@ const CLIENTS = [
   { name: 'qemu-img convert -n', cmd: 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"' },
   { name: 'qemu-img convert -n -W', cmd: 'qemu-img convert -n -W -f raw -O raw "$SRC" "$uri"' },
 ];
-
-function arg(name: string, def: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1] : def;
-}
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
@@ -69,10 +64,4 @@ async function main(): Promise<number> {
   return failures === 0 ? 0 : 1;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err) => {
-    process.stderr.write(`bench: ${err instanceof Error ? err.stack : String(err)}\n`);
-    process.exit(1);
-  },
-);
+runBench(main);

@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { writeSparseImage } from '../src/tools/sparse-image';
 import { parseSize } from '../src/size';
-import { CLI, emptyTarget, formatMiB, parseStats, sameBytes, startImageioServer, table, timed } from './lib';
+import { arg, CLI, emptyTarget, formatMiB, parseStats, sameBytes, startImageioServer, table, timed, runBench } from './lib';
 
 interface Client {
   name: string;
@@ -25,11 +25,6 @@ const CLIENTS: Client[] = [
   { name: 'nbdcopy', cmd: 'nbdcopy "$SRC" "$uri"' },
   { name: 'nbdcopy 4M x16 --flush', cmd: 'nbdcopy --request-size=4194304 --requests=16 --flush "$SRC" "$uri"' },
 ];
-
-function arg(name: string, def: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1] : def;
-}
 
 async function main(): Promise<number> {
   const size = parseSize(arg('size', '4G'));
@@ -104,10 +99,4 @@ async function main(): Promise<number> {
   return failures === 0 ? 0 : 1;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err) => {
-    process.stderr.write(`bench: ${err instanceof Error ? err.stack : String(err)}\n`);
-    process.exit(1);
-  },
-);
+runBench(main);

@@ -3,9 +3,8 @@
  * negotiation, transports, round trips, flush on every connection, errors, data-loss
  * detection, keep-alive.
  */
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, promises as fsp, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, promises as fsp, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
@@ -13,7 +12,7 @@ import { EXTENT_HOLE, EXTENT_ZERO } from '../src/backend';
 import { ImageioBackend, openImageioBackend, type ImageioBackendOptions } from '../src/backends/imageio-backend';
 import { ConfigError, DataLossError, HttpError, TicketError, toNbdErrno } from '../src/errors';
 import { ImageioServer, type ImageioServerOptions } from '../src/imageio-server/imageio-server';
-import { waitAllClosed } from './helpers/cli';
+import { makePki, waitAllClosed, type TestPki } from './helpers/cli';
 import type { Logger } from '../src/log';
 import { NbdError } from '../protocol/constants';
 
@@ -186,28 +185,15 @@ describe('negotiation', () => {
 });
 
 describe('HTTPS', () => {
-  let pki: { dir: string; ca: string; otherCa: string; cert: Buffer; key: Buffer };
+  let pkiDir: string;
+  let pki: TestPki;
 
   beforeAll(() => {
-    const d = mkdtempSync(path.join(os.tmpdir(), 'imageio-backend-pki-'));
-    const run = (...args: string[]) => execFileSync('openssl', args, { cwd: d, stdio: 'pipe' });
-    const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-    run('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=test CA');
-    run('req', '-x509', ...ec, '-keyout', 'other.key', '-out', 'other.pem', '-days', '2', '-subj', '/CN=other CA');
-    run('req', ...ec, '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=localhost');
-    writeFileSync(path.join(d, 'ext.cnf'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\n');
-    run('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial',
-      '-out', 'server.pem', '-days', '2', '-extfile', 'ext.cnf');
-    pki = {
-      dir: d,
-      ca: path.join(d, 'ca.pem'),
-      otherCa: path.join(d, 'other.pem'),
-      cert: readFileSync(path.join(d, 'server.pem')),
-      key: readFileSync(path.join(d, 'server.key')),
-    };
+    pkiDir = mkdtempSync(path.join(os.tmpdir(), 'imageio-backend-pki-'));
+    pki = makePki(pkiDir);
   });
 
-  afterAll(() => rmSync(pki.dir, { recursive: true, force: true }));
+  afterAll(() => rmSync(pkiDir, { recursive: true, force: true }));
 
   test('verifies with the CA file; insecure skips verification; a wrong CA fails clearly', async () => {
     const server = await startServer({ tls: { cert: pki.cert, key: pki.key } });
