@@ -3,6 +3,7 @@
 # npm run bench:nbdkit [-- --size 1G]: NBD overhead against nbdkit's file plugin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/node-env.sh
 bash scripts/ensure-deps.sh
 which="${BENCH:-upload}"
 case "$which" in

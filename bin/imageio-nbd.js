@@ -1,5 +1,11 @@
 #!/usr/bin/env node
 'use strict';
+// Node 20 cannot connect to imageio's abstract unix socket (its default on every oVirt host).
+const major = Number(process.versions.node.split('.')[0]);
+if (major < 24) {
+  process.stderr.write(`imageio-nbd: needs Node.js 24 or later, this is ${process.version}: install Node.js 24 LTS and run it with that\n`);
+  process.exit(1);
+}
 // The CLI is compiled TypeScript: `npm run build` (or `npm ci`, which runs `prepare`) writes dist/.
 const path = require('node:path');
 const compiled = path.join(__dirname, '..', 'dist', 'src', 'cli.js');

@@ -4,6 +4,7 @@
 # byte for byte. Usage: npm run demo [-- SIZE]   (default 1G virtual, about a third data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/node-env.sh
 size=${1:-1G}
 bash scripts/ensure-deps.sh
 

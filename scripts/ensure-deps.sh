@@ -3,6 +3,7 @@
 # node_modules, and the compiled dist/. Safe to run again; does only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/node-env.sh
 
 need=()
 command -v qemu-img >/dev/null || need+=(qemu-utils)

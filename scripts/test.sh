@@ -3,6 +3,7 @@
 # ends with the line "N passed, N failed". Exit status is jest's, or 1 if it produced no results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/node-env.sh || { echo "0 passed, 1 failed"; exit 1; }
 bash scripts/ensure-deps.sh || { echo "0 passed, 1 failed"; exit 1; }
 results=$(mktemp /tmp/jest-results.XXXXXX.json)
 trap 'rm -f "$results"' EXIT

@@ -1,0 +1,28 @@
+# Sourced by the project's scripts: puts Node.js 24 first on PATH.
+# imageio-nbd needs Node.js >= 24 (Node 20 cannot connect to imageio's abstract unix socket and
+# is end-of-life). When the `node` on PATH is older, the official Node 24 binary is installed
+# from the npm registry (package node-linux-<arch>, no install script) into .tools/ once.
+NODE_WANT_MAJOR=24
+NODE_PKG_VERSION=24.22.3
+_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$_major" -lt "$NODE_WANT_MAJOR" ]; then
+  case "$(uname -m)" in
+    x86_64) _arch=x64 ;;
+    aarch64) _arch=arm64 ;;
+    ppc64le) _arch=ppc64le ;;
+    s390x) _arch=s390x ;;
+    *) echo "no Node.js $NODE_WANT_MAJOR package for $(uname -m): install Node.js $NODE_WANT_MAJOR yourself" >&2; return 1 ;;
+  esac
+  _bin="$_root/.tools/node/node_modules/node-linux-$_arch/bin"
+  if [ ! -x "$_bin/node" ] || [ "$("$_bin/node" -p 'process.versions.node')" != "$NODE_PKG_VERSION" ]; then
+    echo "installing Node.js $NODE_PKG_VERSION into .tools/node (found $(node -v 2>/dev/null || echo none))" >&2
+    command -v npm >/dev/null || { echo "npm is needed to install Node.js $NODE_WANT_MAJOR: apt-get install npm, or install Node.js $NODE_WANT_MAJOR" >&2; return 1; }
+    mkdir -p "$_root/.tools/node"
+    npm install --prefix "$_root/.tools/node" --no-save --no-audit --no-fund --no-package-lock \
+      "node-linux-$_arch@$NODE_PKG_VERSION" >&2 || return 1
+  fi
+  export PATH="$_bin:$PATH"
+  hash -r
+fi
+unset _root _major _arch _bin
