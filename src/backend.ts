@@ -16,7 +16,19 @@
  *   through any connection, is durable. When capabilities().canMultiConn is true this holds
  *   across connections, which is what lets the server advertise CAN_MULTI_CONN.
  * - A write or zero with `fua: true` resolves only when that data is durable.
+ *
+ * Payload ownership (zero-copy data path; the mechanism is src/buffers.ts):
+ * - pwrite(data) and pwritev(list) hand the caller's reference to each buffer to the callee.
+ *   The caller does not touch those bytes again. The callee releases each buffer exactly once
+ *   (releaseBuffer) when it no longer needs the bytes, whether the call succeeds or fails; it
+ *   may keep them after resolving (write-back), or pass the reference on to the layer below.
+ * - pread() returns a buffer whose reference belongs to the caller, who releases it when done
+ *   (the server: once the reply has been written to the socket). It may be a subarray of a
+ *   larger pooled buffer (read-ahead) or a buffer not from a pool (release is then a no-op).
+ * - Forgetting a release is not a correctness bug (the garbage collector reclaims the memory
+ *   and the pool stops counting it) but it defeats reuse; releasing twice throws.
  */
+import { releaseBuffers } from './buffers';
 
 /** Extent flags, as NBD base:allocation defines them. */
 export const EXTENT_HOLE = 1;
@@ -73,10 +85,16 @@ export interface Backend {
   /** Preferred request sizes; the server fills in defaults when absent. */
   blockSize?(): Partial<BlockSize>;
 
-  /** Read exactly `length` bytes at `offset`. */
+  /** Read exactly `length` bytes at `offset`; the caller owns (and releases) the result. */
   pread(offset: number, length: number): Promise<Buffer>;
-  /** Write all of `data` at `offset`. The backend must not keep `data` after resolving unless it copies it. */
+  /** Write all of `data` at `offset`; takes over the reference to `data` (see the header comment). */
   pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void>;
+  /**
+   * Write the concatenation of `data` at `offset` as one operation (one HTTP request for
+   * imageio); takes over the reference to each buffer. Optional: writeList() falls back to
+   * pwrite of a joined copy for backends without it.
+   */
+  pwritev?(data: readonly Buffer[], offset: number, flags?: WriteFlags): Promise<void>;
   /** Make [offset, offset + length) read back as zeroes. */
   zero(offset: number, length: number, flags?: ZeroFlags): Promise<void>;
   /** Discard [offset, offset + length); contents afterwards are unspecified. */
@@ -122,6 +140,9 @@ export class PassthroughLayer implements Backend {
   pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
     return this.inner.pwrite(data, offset, flags);
   }
+  pwritev(data: readonly Buffer[], offset: number, flags?: WriteFlags): Promise<void> {
+    return writeList(this.inner, data, offset, flags);
+  }
   zero(offset: number, length: number, flags?: ZeroFlags): Promise<void> {
     return this.inner.zero(offset, length, flags);
   }
@@ -143,4 +164,17 @@ export class PassthroughLayer implements Backend {
   close(): Promise<void> {
     return this.inner.close();
   }
+}
+
+/**
+ * Write a list of buffers at `offset` through `backend` as one operation: pwritev when the
+ * backend has it, else one pwrite (of a joined copy when there are several buffers, whose
+ * originals are released at once). Takes over the reference to each buffer, like pwritev.
+ */
+export function writeList(backend: Backend, data: readonly Buffer[], offset: number, flags?: WriteFlags): Promise<void> {
+  if (backend.pwritev) return backend.pwritev(data, offset, flags);
+  if (data.length === 1) return backend.pwrite(data[0], offset, flags);
+  const joined = Buffer.concat(data as Buffer[]);
+  releaseBuffers(data);
+  return backend.pwrite(joined, offset, flags);
 }
