@@ -26,7 +26,7 @@
  *   socket closes with unflushed writes, `onLost` is called and the record starts empty.
  */
 import type { Socket } from 'node:net';
-import { buildConnector } from 'undici';
+import type { buildConnector as BuildConnector } from 'undici';
 import { BadResponseError, ChunkedDecoder, parseResponseHead, type ResponseHead } from './http-head';
 import { UnflushedWrites } from './unflushed-writes';
 
@@ -103,6 +103,13 @@ export interface ConnectionHooks {
 const HEAD_WINDOW = 2048;
 const STAGING_BYTES = 64 * 1024;
 
+/**
+ * undici's connector alone: loading all of undici costs about 100 ms of CPU at start-up, which
+ * counts in every captive copy; its connector module loads in a few.
+ */
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const buildConnector = require('undici/lib/core/connect') as typeof BuildConnector;
+
 type Phase = 'head' | 'dest' | 'chunked' | 'until-close';
 
 interface Exchange {
@@ -135,7 +142,7 @@ export class HttpConnection {
   bytesSent = 0;
   bytesReceived = 0;
 
-  private readonly connector: ReturnType<typeof buildConnector>;
+  private readonly connector: ReturnType<typeof BuildConnector>;
   private socket: Socket | undefined;
   private closedPromise: Promise<void> | undefined;
   private resolveClosed: (() => void) | undefined;
@@ -159,7 +166,7 @@ export class HttpConnection {
       ...(e.tls ?? {}),
       // Passed through to net.connect / tls.connect: every read lands where readTarget() says.
       onread: { buffer: () => this.readTarget(), callback: (n: number) => this.onRead(n) },
-    } as buildConnector.BuildOptions);
+    } as BuildConnector.BuildOptions);
   }
 
   /** Sends one request and resolves with its complete response (see the header comment). */
@@ -235,7 +242,7 @@ export class HttpConnection {
           servername: null,
           localAddress: null,
           httpSocket: undefined,
-        } as unknown as buildConnector.Options,
+        } as unknown as BuildConnector.Options,
         (err, socket) => {
           if (err || !socket) {
             const code = (err as { code?: string } | null)?.code ?? 'ERR_CONNECT';
