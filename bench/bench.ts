@@ -740,7 +740,7 @@ function targetLines(rows: Row[]): TargetLine[] {
       const v = value(r);
       return v !== undefined && (higherIsWorse ? v <= limit : v >= limit);
     });
-    lines.push({ target, measured: `${rangeText(subset, value, digits, unit)} over ${subset.length} rows; worst: ${shortLabel(w.row)}`, met: ok ? 'yes' : 'no' });
+    lines.push({ target, measured: `${rangeText(subset, value, digits, unit)} over ${subset.length} row${subset.length === 1 ? '' : 's'}; worst: ${shortLabel(w.row)}`, met: ok ? 'yes' : 'no' });
   };
   const sec = (...s: Section[]) => measured.filter((r) => s.includes(r.section));
   add(`imageio-nbd CPU <= ${TARGET.cpuPerGiB} s per GiB of data, uploads (every client configuration)`, sec('upload', 'backpressure'), (r) => summary(r).cpuPerGiB, TARGET.cpuPerGiB, 2, ' s/GiB');

@@ -132,7 +132,8 @@ export const median = (xs: number[]): number => {
 // reports what the kernel's wait4() returns. Without it, a wrapper runs the command's script
 // in its own Node process and writes process.resourceUsage() at exit.
 
-export const GNU_TIME = fs.existsSync('/usr/bin/time') ? '/usr/bin/time' : undefined;
+// BENCH_NO_TIME=1 forces the wrapper (to test it on a machine that has GNU time).
+export const GNU_TIME = fs.existsSync('/usr/bin/time') && !process.env.BENCH_NO_TIME ? '/usr/bin/time' : undefined;
 const WRAPPER = path.join(__dirname, 'rusage-wrapper.js');
 
 export interface Rusage {
