@@ -448,10 +448,8 @@ function uploadJobs(ctx: Context): Job[] {
 async function probeNoHint(): Promise<{ args: string[] } | { why: string }> {
   const tried: string[] = [];
   for (const spelling of ['none', '0']) {
-    const r = await timed(
-      [process.execPath, CLI, '--block-size', spelling, '-U', '-', 'memory:1M', '--run', 'nbdinfo "$uri" | grep block_size_preferred >&2 || true'],
-    );
-    if (r.status !== 0) {
+    const r = await timed([process.execPath, CLI, '--block-size', spelling, '-U', '-', 'memory:1M', '--run', 'nbdinfo "$uri" >&2']);
+    if (r.status !== 0 || !r.stderr.includes('export-size')) {
       tried.push(`--block-size ${spelling}: ${r.stderr.trim().split('\n')[0]}`);
       continue;
     }
