@@ -954,6 +954,9 @@ async function main(): Promise<number> {
   if (!GNU_TIME) process.stderr.write('bench: /usr/bin/time missing (Debian package `time`): rusage comes from an in-process wrapper\n');
 
   const dir = makeTempDir(opts.dir, 'imageio-nbd-bench-');
+  // Children's own temporary files (imageio-nbd's private socket directory with --run) go
+  // inside ours, so that a child killed on the way leaves nothing behind.
+  process.env.TMPDIR = dir;
   const ctx: Context = { opts, dir, src: path.join(dir, 'source.raw'), progress: { done: 0, total: 0 } };
   const started = Date.now();
   const host = describeHost();
