@@ -1,7 +1,9 @@
 import { Client } from 'undici';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import { ImageioServer } from '../src/imageio-server';
+import { abstractSocketName } from '../src/imageio-server/imageio-server';
 import { head, makeImage, rawExchange, rawRequest, startServer, tempDir } from './helpers/imageio-raw';
 
 const MiB = 1 << 20;
@@ -141,6 +143,33 @@ test('unix socket serves /images with keep-alive', async () => {
   }
 });
 
+test('abstract unix socket: serves /images, leaves no file, and is gone after close', async () => {
+  const unix = abstractSocketName();
+  const s = await startServer(SIZE, { unix });
+  const client = new Client('http://localhost', { socketPath: unix });
+  try {
+    expect((await req(client, { path: T, method: 'PUT', body: 'abstract' })).status).toBe(200);
+    expect((await req(client, { path: T, method: 'GET', headers: { range: 'bytes=0-7' } })).body).toBe('abstract');
+    expect(s.server.stats().connections.map((c) => c.service)).toEqual(['unix']);
+    // Nothing in the file system: a relative path "\0/org/..." was not created either.
+    expect(fs.existsSync(unix)).toBe(false);
+    expect(fs.existsSync(unix.slice(1))).toBe(false);
+  } finally {
+    await client.close();
+    await s.done();
+  }
+  // Closed: nothing listens on the name any more.
+  const after = await new Promise<string>((resolve) => {
+    const sock = net.connect(unix);
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve('connected');
+    });
+    sock.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+  });
+  expect(after).toBe('ECONNREFUSED');
+});
+
 describe('fault injection', () => {
   let s: Awaited<ReturnType<typeof startServer>>;
   beforeEach(async () => {
@@ -212,6 +241,27 @@ describe('fault injection', () => {
     expect(r.closed).toBe(true);
     expect(fs.readFileSync(s.image).subarray(0, 10).toString('latin1')).toBe('\0\0\0\0\0xxxxx');
     expect(s.server.stats().ops.zero).toBeUndefined();
+  });
+
+  test('latency: data responses come late, after the op; OPTIONS does not wait', async () => {
+    s.server.faults.setLatency(1500, ['write', 'flush']);
+    const client = new Client(`http://127.0.0.1:${s.port}`);
+    try {
+      let t0 = Date.now();
+      const put = client.request({ path: `${T}?flush=n`, method: 'PUT', body: 'late' });
+      // The op is performed before the delay: the bytes are in the image while the response waits.
+      await new Promise((r) => setTimeout(r, 700));
+      expect(fs.readFileSync(s.image).subarray(0, 4).toString()).toBe('late');
+      const r = await put;
+      await r.body.text();
+      expect(r.statusCode).toBe(200);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(1500);
+      t0 = Date.now();
+      expect((await req(client, { path: T, method: 'OPTIONS' })).status).toBe(200);
+      expect(Date.now() - t0).toBeLessThan(1000);
+    } finally {
+      await client.close();
+    }
   });
 
   test('delay: the response comes late', async () => {

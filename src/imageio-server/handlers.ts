@@ -202,6 +202,12 @@ async function checkFault(
   return { drop: action.drop };
 }
 
+/** --latency: the op is done; its response waits (GET: before its body is read and sent). */
+async function addLatency(ctx: ServiceContext, op: FaultOp): Promise<void> {
+  const ms = ctx.faults.latency(op);
+  if (ms > 0) await sleep(ms);
+}
+
 /** The socket was dropped on purpose by a fault rule; nothing more to send. */
 class FaultDropped extends Error {}
 
@@ -287,6 +293,7 @@ async function getImage(ctx: ServiceContext, ex: Exchange, ticketId: string): Pr
     checkAllowedRange(offset, size, ticket.size);
   }
   const fault = await checkFault(ctx, ex, 'GET', 'read');
+  await addLatency(ctx, 'read');
   const res = ex.res;
   beginResponse(res, range ? 206 : 200, ex.closeAfter);
   res.setHeader('content-length', size);
@@ -382,6 +389,7 @@ async function putImage(ctx: ServiceContext, ex: Exchange, ticketId: string): Pr
     if (flush) await flushConnection(ctx, ex);
   });
   if (fault) dropAfter(ex);
+  await addLatency(ctx, 'write');
   bump(ctx.stats.ops, 'write');
   sendEmpty(ex.res, 200, ex.closeAfter);
 }
@@ -435,6 +443,7 @@ async function zeroImage(ctx: ServiceContext, ex: Exchange, ticketId: string, ms
     if (flush) await flushConnection(ctx, ex);
   });
   if (fault) dropAfter(ex);
+  await addLatency(ctx, 'zero');
   bump(ctx.stats.ops, 'zero');
   sendEmpty(ex.res, 200, false);
 }
@@ -446,6 +455,7 @@ async function flushImage(ctx: ServiceContext, ex: Exchange, ticketId: string): 
   await openBackend(ctx, ex);
   await ticket.run(() => flushConnection(ctx, ex));
   if (fault) dropAfter(ex);
+  await addLatency(ctx, 'flush');
   bump(ctx.stats.ops, 'flush');
   sendEmpty(ex.res, 200, false);
 }
