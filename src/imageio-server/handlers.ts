@@ -19,7 +19,8 @@ import {
   sendJson,
 } from './http-errors';
 import type { ImageFile } from './image-file';
-import { isPyDict, PyDict } from './py-format';
+import { isPyDict, PyDict, reprString } from './py-format';
+import { ALGORITHMS, BlockHash, checkBlockSize, DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE } from './blkhash';
 import { pyJsonLoads, PyJsonError } from './py-json';
 import { checkAllowedRange, parseContentRange, parseRange } from './ranges';
 import { bump, ImageioServerStats } from './stats';
@@ -160,8 +161,8 @@ interface Route {
 
 const ROUTES: Route[] = [
   { rx: /^\/images\/(.*)\/extents/, methods: { GET: getExtents } },
-  { rx: /^\/images\/(.*)\/checksum\/algorithms/, methods: { GET: notImplemented } },
-  { rx: /^\/images\/(.*)\/checksum/, methods: { GET: notImplemented } },
+  { rx: /^\/images\/(.*)\/checksum\/algorithms/, methods: { GET: getChecksumAlgorithms } },
+  { rx: /^\/images\/(.*)\/checksum/, methods: { GET: getChecksum } },
   { rx: /^\/images\/(.*)/, methods: { OPTIONS: optionsImage, GET: getImage, PUT: putImage, PATCH: patchImage } },
   { rx: /^\/info\//, methods: { GET: getInfo }, tcpOnly: true },
 ];
@@ -216,10 +217,51 @@ function dropAfter(ex: Exchange): never {
   throw new FaultDropped();
 }
 
-async function notImplemented(ctx: ServiceContext, ex: Exchange, ticketId: string): Promise<void> {
+/** Server information: no ticket needed (imageio answers it for any ticket id). */
+async function getChecksumAlgorithms(ctx: ServiceContext, ex: Exchange): Promise<void> {
+  sendJson(ex.res, { algorithms: [...ALGORITHMS] }, false);
+}
+
+/** Python's int() of a query value: optional spaces and sign, digits with single underscores. */
+function pyInt(text: string): number | undefined {
+  const m = /^\s*([+-]?)(\d+(?:_\d+)*)\s*$/.exec(text);
+  return m ? Number(m[1] + m[2].replace(/_/g, '')) : undefined;
+}
+
+/**
+ * imageio's checksum of the whole image (blkhash, see blkhash.ts): {"algorithm", "block_size",
+ * "checksum"}. Every block is read (holes read fast): the allocation map only knows what came
+ * through this server, and a checksum must see what is really in the file.
+ */
+async function getChecksum(ctx: ServiceContext, ex: Exchange, ticketId: string): Promise<void> {
   requireTicketId(ticketId);
-  ctx.ticket.authorize(ticketId, 'read');
-  throw new ImageioHttpError(404, 'Checksum is not implemented by this server');
+  const algorithm = validateEnum(ex.query, 'algorithm', ALGORITHMS, DEFAULT_ALGORITHM);
+  let blockSize = DEFAULT_BLOCK_SIZE;
+  const bs = ex.query.get('block_size');
+  if (bs !== undefined) {
+    const n = pyInt(bs);
+    if (n === undefined) throw new ImageioHttpError(400, `Invalid block size: ${reprString(bs)}`);
+    blockSize = n;
+  }
+  const invalid = checkBlockSize(blockSize);
+  if (invalid) throw new ImageioHttpError(400, invalid);
+  const ticket = ctx.ticket.authorize(ticketId, 'read');
+  const fh = await openBackend(ctx, ex);
+  ctx.logger.debug({ conn: ex.conn.stats.id, algorithm, blockSize }, 'checksum');
+  const result = await ticket.run(async () => {
+    const hash = new BlockHash(algorithm, blockSize);
+    const size = ctx.image.fileSize;
+    const buf = Buffer.allocUnsafe(blockSize);
+    for (let pos = 0; pos < size; pos += blockSize) {
+      const n = Math.min(blockSize, size - pos);
+      await ctx.image.readExact(fh, buf, n, pos);
+      hash.update(buf.subarray(0, n));
+      if (ex.conn.socket.destroyed) throw new ConnectionLostError();
+    }
+    return hash.result();
+  });
+  bump(ctx.stats.ops, 'checksum');
+  sendJson(ex.res, { algorithm: result.algorithm, block_size: result.block_size, checksum: result.checksum }, false);
 }
 
 async function getInfo(ctx: ServiceContext, ex: Exchange): Promise<void> {

@@ -16,6 +16,8 @@
  * - PATCH zero writes zeros (no fallocate from Node) but skips ranges already known zero.
  * - One idle timeout for all connections (imageio switches to the ticket's inactivity_timeout
  *   once a request is authorized); CORS is not implemented.
+ * - Checksum: the algorithms listed are those computed here (imageio lists all of Python's
+ *   hashlib, including shake_* which then fail with 500).
  */
 import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
