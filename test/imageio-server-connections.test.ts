@@ -264,6 +264,27 @@ describe('fault injection', () => {
     }
   });
 
+  test('stall: the request is received, the client gives up, the op still lands late', async () => {
+    // Data to zero, written through the server (its allocation map knows it is there).
+    expect((await rawRequest({ port: s.port }, head('PUT', T, { 'content-length': 8 }) + 'w'.repeat(8))).responses[0].status).toBe(200);
+    s.server.faults.add({ method: 'PUT', action: { stallMs: 1500 } });
+    s.server.faults.add({ method: 'PATCH', op: 'zero', action: { stallMs: 1500 } });
+    const zero = '{"op": "zero", "offset": 4, "size": 4}';
+    const t0 = Date.now();
+    // Each client sends its request and hangs up long before the server acts on it.
+    const put = rawExchange({ port: s.port }, head('PUT', `${T}?flush=n`, { 'content-length': 4, 'content-range': 'bytes 100-103/*' }) + 'late', { quietMs: 300, firstByteMs: 300 });
+    const patch = rawExchange({ port: s.port }, head('PATCH', T, { 'content-length': zero.length }) + zero, { quietMs: 300, firstByteMs: 300 });
+    expect((await put).data.length).toBe(0);
+    expect((await patch).data.length).toBe(0);
+    const img = () => fs.readFileSync(s.image).subarray(0, 104);
+    expect(img().subarray(100, 104).toString('latin1')).toBe('\0\0\0\0');
+    while (Date.now() - t0 < 5000 && img().subarray(100, 104).toString() !== 'late') await sleep(100);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1400);
+    expect(img().subarray(100, 104).toString()).toBe('late');
+    await sleep(300);
+    expect(img().subarray(0, 8).toString('latin1')).toBe('wwww\0\0\0\0');
+  });
+
   test('delay: the response comes late', async () => {
     s.server.faults.add({ method: 'OPTIONS', action: { delayMs: 400 } });
     const t0 = Date.now();

@@ -168,10 +168,10 @@ describe('FaultInjector', () => {
     const kinds = { none: 0, delay: 0, status: 0, drop: 0 };
     for (const x of a) {
       if (!x) kinds.none++;
-      else if ('delayMs' in x) {
+      else if ('stallMs' in x) {
         kinds.delay++;
-        expect(x.delayMs).toBeGreaterThanOrEqual(100);
-        expect(x.delayMs).toBeLessThanOrEqual(200);
+        expect(x.stallMs).toBeGreaterThanOrEqual(100);
+        expect(x.stallMs).toBeLessThanOrEqual(200);
       } else if ('status' in x) {
         kinds.status++;
         expect(x.status).toBe(503);

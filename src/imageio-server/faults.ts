@@ -2,7 +2,7 @@
  * Fault injection for tests and benchmarks, applied at the point where the server is about to
  * perform an operation (after validation and authorization):
  * - rules, matched deterministically by count (the first matching rule in the window wins);
- * - a seeded random mode (setRandom) drawing delays, error statuses and drops for requests no
+ * - a seeded random mode (setRandom) drawing stalls, error statuses and drops for requests no
  *   rule took, for model-based tests: the same seed gives the same sequence of draws;
  * - a fixed latency (setLatency) added to every data request's response.
  */
@@ -17,8 +17,13 @@ export type FaultAction =
   | { status: number; body?: string }
   /** Destroy the socket: before handling, after part of the body (or, for GET, part of the response), or after the op but before responding. */
   | { drop: 'before' | 'mid-body' | 'after' }
-  /** Wait this long, then handle the request normally. */
-  | { delayMs: number };
+  /** Wait this long, then handle the request normally (a PUT body is read after the wait). */
+  | { delayMs: number }
+  /**
+   * A storage stall: receive the whole request first, wait this long, then perform the op even
+   * if the client has gone meanwhile, then answer. The op lands after the client gave up on it.
+   */
+  | { stallMs: number };
 
 export interface FaultRule {
   method?: FaultMethod;
@@ -43,9 +48,9 @@ export interface RandomFaults {
   seed: number;
   /** Ops drawn for (default DATA_OPS). */
   ops?: FaultOp[];
-  /** Probability of a delay before the op is performed (it still succeeds, late). */
+  /** Probability of a stall: the request is received, then the op is performed late (it still succeeds). */
   delayProbability?: number;
-  /** Delay range in ms, inclusive (default [0, 1000]). */
+  /** Stall range in ms, inclusive (default [0, 1000]). */
   delayMs?: [number, number];
   /** Probability of an error status without performing the op. */
   errorProbability?: number;
@@ -134,20 +139,21 @@ export class FaultInjector {
     if (error < (o.errorProbability ?? 0)) return { status: o.errorStatus ?? 500 };
     if (delay < (o.delayProbability ?? 0)) {
       const [lo, hi] = o.delayMs ?? [0, 1000];
-      return { delayMs: Math.round(lo + (delay / o.delayProbability!) * (hi - lo)) };
+      return { stallMs: Math.round(lo + (delay / o.delayProbability!) * (hi - lo)) };
     }
     return undefined;
   }
 }
 
 function validateRule(rule: FaultRule): void {
-  const a = rule?.action as Partial<{ status: unknown; drop: unknown; delayMs: unknown }> | undefined;
+  const a = rule?.action as Partial<{ status: unknown; drop: unknown; delayMs: unknown; stallMs: unknown }> | undefined;
   if (!a || typeof a !== 'object') throw new TypeError('fault rule needs an action');
   const ok =
     (typeof a.status === 'number' && a.status >= 100 && a.status <= 599) ||
     a.drop === 'before' ||
     a.drop === 'mid-body' ||
     a.drop === 'after' ||
-    (typeof a.delayMs === 'number' && a.delayMs >= 0);
+    (typeof a.delayMs === 'number' && a.delayMs >= 0) ||
+    (typeof a.stallMs === 'number' && a.stallMs >= 0);
   if (!ok) throw new TypeError(`invalid fault action ${JSON.stringify(a)}`);
 }

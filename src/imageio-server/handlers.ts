@@ -188,6 +188,18 @@ async function checkFault(
   method: FaultMethod,
   op: FaultOp,
 ): Promise<{ drop: 'mid-body' | 'after' } | undefined> {
+  const action = await checkFaultOrStall(ctx, ex, method, op);
+  if (action && 'stallMs' in action) await sleep(action.stallMs); // the request is read already
+  return action && 'drop' in action ? action : undefined;
+}
+
+/** Like checkFault, but a stall is returned for the handler (a PUT reads its body first). */
+async function checkFaultOrStall(
+  ctx: ServiceContext,
+  ex: Exchange,
+  method: FaultMethod,
+  op: FaultOp,
+): Promise<{ drop: 'mid-body' | 'after' } | { stallMs: number } | undefined> {
   const action = ctx.faults.match(method, op);
   if (!action) return undefined;
   ctx.logger.debug({ method, op, action }, 'injecting fault');
@@ -195,6 +207,7 @@ async function checkFault(
     await sleep(action.delayMs);
     return undefined;
   }
+  if ('stallMs' in action) return action;
   if ('status' in action) {
     if (ex.contentLength) ex.consumed += await drainBody(ex.req, ex.conn, ex.contentLength - ex.consumed);
     throw new ImageioHttpError(action.status, action.body ?? INTERNAL_ERROR_MESSAGE, { close: action.status === 403 });
@@ -406,27 +419,31 @@ async function putImage(ctx: ServiceContext, ex: Exchange, ticketId: string): Pr
   const flush = validateEnum(ex.query, 'flush', ['y', 'n'], 'y') === 'y';
   const ticket = ctx.ticket.authorize(ticketId, 'write');
   checkAllowedRange(offset, size, ticket.size);
-  const fault = await checkFault(ctx, ex, 'PUT', 'write');
+  const action = await checkFaultOrStall(ctx, ex, 'PUT', 'write');
+  const fault = action && 'drop' in action ? action : undefined;
   const fh = await openBackend(ctx, ex);
   const st = ex.conn.stats;
   const limit = fault?.drop === 'mid-body' ? Math.floor(size / 2) : size;
+  const write = async (bufs: Buffer[], n: number, rel: number) => {
+    await ctx.image.writeAt(fh, bufs, n, offset + rel);
+    st.bytesWritten += n;
+    st.unflushedBytes += n;
+    ctx.stats.bytesWritten += n;
+  };
   await ticket.run(async () => {
     if (size > 0) {
       st.writes++;
       st.unflushedWrites++;
     }
-    ex.consumed += await pumpBody(
-      ex.req,
-      ex.conn,
-      size,
-      async (bufs, n, rel) => {
-        await ctx.image.writeAt(fh, bufs, n, offset + rel);
-        st.bytesWritten += n;
-        st.unflushedBytes += n;
-        ctx.stats.bytesWritten += n;
-      },
-      limit,
-    );
+    if (action && 'stallMs' in action) {
+      // A storage stall: the whole body is here, the write lands late, client or not.
+      const body = await readBody(ex.req, ex.conn, size);
+      ex.consumed += body.length;
+      await sleep(action.stallMs);
+      if (body.length > 0) await write([body], body.length, 0);
+    } else {
+      ex.consumed += await pumpBody(ex.req, ex.conn, size, write, limit);
+    }
     if (fault?.drop === 'mid-body') dropAfter(ex);
     if (flush) await flushConnection(ctx, ex);
   });
