@@ -115,7 +115,7 @@ const ROWS: Row[] = [
     op: 'read',
     behaviour: { type: 'trickle', intervalMs: 500, part: 'body', bytes: 64 << 10 },
     read: [0, 8 * MiB],
-    args: ['--request-timeout', '2', '--retries', '1', '--min-rate', '1M'],
+    args: ['--request-timeout', '2', '--retries', '0', '--min-rate', '1M'],
     within: 25,
   },
   {
