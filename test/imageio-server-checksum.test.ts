@@ -11,7 +11,8 @@ import { Client } from 'undici';
 import { Blake2b, blake2b } from '../src/imageio-server/blake2b';
 import { ALGORITHMS, BlockHash } from '../src/imageio-server/blkhash';
 import { fileChecksum } from '../src/verify';
-import { killAll, makeSource, MiB, runCli, startImageioProcess, tmpDir, type TmpDir } from './helpers/cli';
+import { ImageioServer } from '../src/imageio-server';
+import { killAll, makePki, makeEmpty, makeSource, MiB, runCli, startImageioProcess, tmpDir, type TmpDir } from './helpers/cli';
 import { head, rawRequest, startServer } from './helpers/imageio-raw';
 
 const PY = '/usr/bin/python3';
@@ -300,6 +301,27 @@ describe('imageio-nbd verify', () => {
       old.closeAllConnections();
       await new Promise((r) => old.close(r));
       await s.done();
+    }
+  });
+
+  test('over HTTPS: --cafile verifies the server; without it the certificate is refused; --insecure skips the check', async () => {
+    const pki = makePki(dir.path);
+    const image = dir.file('tls.raw');
+    makeEmpty(image, 3 * MiB);
+    const server = new ImageioServer({ image, ticket: 'tls', tls: { cert: pki.cert, key: pki.key } });
+    await server.start();
+    try {
+      const file = dir.file('zeros.raw');
+      writeFileSync(file, Buffer.alloc(3 * MiB));
+      const ok = await runCli(['verify', '--cafile', pki.ca, file, server.url]);
+      expect(ok.stdout).toContain('are identical');
+      expect(ok.code).toBe(0);
+      expect((await runCli(['verify', '--insecure', file, server.url])).code).toBe(0);
+      const untrusted = await runCli(['verify', '--cafile', pki.otherCa, file, server.url]);
+      expect(untrusted.code).toBe(2);
+      expect(untrusted.stderr).toMatch(/^imageio-nbd verify: GET .*(certificate|self.signed|verify)/i);
+    } finally {
+      await server.close();
     }
   });
 });
