@@ -21,6 +21,10 @@ import { daemonizeIfAsked, notifyDaemonReady } from './daemonize';
 
 /** Entry point: returns the exit status. */
 export async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'verify') {
+    const { runVerifyCommand } = require('./verify-command') as typeof import('./verify-command');
+    return runVerifyCommand(argv.slice(1));
+  }
   let parsed;
   try {
     parsed = await parseArgs(argv);

@@ -1,7 +1,9 @@
 import { Client } from 'undici';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import { ImageioServer } from '../src/imageio-server';
+import { abstractSocketName } from '../src/imageio-server/imageio-server';
 import { head, makeImage, rawExchange, rawRequest, startServer, tempDir } from './helpers/imageio-raw';
 
 const MiB = 1 << 20;
@@ -141,6 +143,33 @@ test('unix socket serves /images with keep-alive', async () => {
   }
 });
 
+test('abstract unix socket: serves /images, leaves no file, and is gone after close', async () => {
+  const unix = abstractSocketName();
+  const s = await startServer(SIZE, { unix });
+  const client = new Client('http://localhost', { socketPath: unix });
+  try {
+    expect((await req(client, { path: T, method: 'PUT', body: 'abstract' })).status).toBe(200);
+    expect((await req(client, { path: T, method: 'GET', headers: { range: 'bytes=0-7' } })).body).toBe('abstract');
+    expect(s.server.stats().connections.map((c) => c.service)).toEqual(['unix']);
+    // Nothing in the file system: a relative path "\0/org/..." was not created either.
+    expect(fs.existsSync(unix)).toBe(false);
+    expect(fs.existsSync(unix.slice(1))).toBe(false);
+  } finally {
+    await client.close();
+    await s.done();
+  }
+  // Closed: nothing listens on the name any more.
+  const after = await new Promise<string>((resolve) => {
+    const sock = net.connect(unix);
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve('connected');
+    });
+    sock.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+  });
+  expect(after).toBe('ECONNREFUSED');
+});
+
 describe('fault injection', () => {
   let s: Awaited<ReturnType<typeof startServer>>;
   beforeEach(async () => {
@@ -212,6 +241,48 @@ describe('fault injection', () => {
     expect(r.closed).toBe(true);
     expect(fs.readFileSync(s.image).subarray(0, 10).toString('latin1')).toBe('\0\0\0\0\0xxxxx');
     expect(s.server.stats().ops.zero).toBeUndefined();
+  });
+
+  test('latency: data responses come late, after the op; OPTIONS does not wait', async () => {
+    s.server.faults.setLatency(1500, ['write', 'flush']);
+    const client = new Client(`http://127.0.0.1:${s.port}`);
+    try {
+      let t0 = Date.now();
+      const put = client.request({ path: `${T}?flush=n`, method: 'PUT', body: 'late' });
+      // The op is performed before the delay: the bytes are in the image while the response waits.
+      await new Promise((r) => setTimeout(r, 700));
+      expect(fs.readFileSync(s.image).subarray(0, 4).toString()).toBe('late');
+      const r = await put;
+      await r.body.text();
+      expect(r.statusCode).toBe(200);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(1500);
+      t0 = Date.now();
+      expect((await req(client, { path: T, method: 'OPTIONS' })).status).toBe(200);
+      expect(Date.now() - t0).toBeLessThan(1000);
+    } finally {
+      await client.close();
+    }
+  });
+
+  test('stall: the request is received, the client gives up, the op still lands late', async () => {
+    // Data to zero, written through the server (its allocation map knows it is there).
+    expect((await rawRequest({ port: s.port }, head('PUT', T, { 'content-length': 8 }) + 'w'.repeat(8))).responses[0].status).toBe(200);
+    s.server.faults.add({ method: 'PUT', action: { stallMs: 1500 } });
+    s.server.faults.add({ method: 'PATCH', op: 'zero', action: { stallMs: 1500 } });
+    const zero = '{"op": "zero", "offset": 4, "size": 4}';
+    const t0 = Date.now();
+    // Each client sends its request and hangs up long before the server acts on it.
+    const put = rawExchange({ port: s.port }, head('PUT', `${T}?flush=n`, { 'content-length': 4, 'content-range': 'bytes 100-103/*' }) + 'late', { quietMs: 300, firstByteMs: 300 });
+    const patch = rawExchange({ port: s.port }, head('PATCH', T, { 'content-length': zero.length }) + zero, { quietMs: 300, firstByteMs: 300 });
+    expect((await put).data.length).toBe(0);
+    expect((await patch).data.length).toBe(0);
+    const img = () => fs.readFileSync(s.image).subarray(0, 104);
+    expect(img().subarray(100, 104).toString('latin1')).toBe('\0\0\0\0');
+    while (Date.now() - t0 < 5000 && img().subarray(100, 104).toString() !== 'late') await sleep(100);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1400);
+    expect(img().subarray(100, 104).toString()).toBe('late');
+    await sleep(300);
+    expect(img().subarray(0, 8).toString('latin1')).toBe('wwww\0\0\0\0');
   });
 
   test('delay: the response comes late', async () => {

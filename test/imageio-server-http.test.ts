@@ -1,5 +1,6 @@
 import { Client } from 'undici';
 import fs from 'node:fs';
+import { abstractSocketName } from '../src/imageio-server/imageio-server';
 import { head, rawRequest, startServer } from './helpers/imageio-raw';
 
 const MiB = 1 << 20;
@@ -38,6 +39,21 @@ describe('OPTIONS', () => {
       expect(r.body).toBe(
         `{"unix_socket": "${unix}", "features": ["checksum", "extents", "flush", "zero"], "max_readers": 8, "max_writers": 8}\n`,
       );
+    });
+  });
+
+  test('abstract local socket: reported as imageio reports "\\u0000/org/ovirt/imageio"', async () => {
+    const unix = abstractSocketName();
+    expect(unix).toMatch(new RegExp(`^\\0/org/ovirt/imageio/${process.pid}-\\d+$`));
+    expect(abstractSocketName()).not.toBe(unix); // one per server, even in one process
+    await withServer({ unix }, async (s, client) => {
+      const r = await text(client, { path: T, method: 'OPTIONS' });
+      // JSON with ensure_ascii: the NUL byte is the 6 characters \u0000, as the real daemon sends it.
+      expect(r.body).toBe(
+        `{"unix_socket": "\\u0000${unix.slice(1)}", "features": ["checksum", "extents", "flush", "zero"], "max_readers": 8, "max_writers": 8}\n`,
+      );
+      expect(JSON.parse(r.body).unix_socket).toBe(unix);
+      expect(s.server.unixSocket).toBe(unix);
     });
   });
 

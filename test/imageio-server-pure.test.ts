@@ -155,4 +155,59 @@ describe('FaultInjector', () => {
     expect(f.match('PATCH', 'flush')).toBeUndefined();
     expect(() => f.add({ action: {} as never })).toThrow();
   });
+
+  test('random mode: seeded, rules first, only its ops, within its ranges', () => {
+    const draw = (seed: number) => {
+      const f = new FaultInjector();
+      f.setRandom({ seed, delayProbability: 0.3, delayMs: [100, 200], errorProbability: 0.2, errorStatus: 503, dropProbability: 0.1 });
+      return Array.from({ length: 300 }, () => f.match('PUT', 'write'));
+    };
+    const a = draw(7);
+    expect(draw(7)).toEqual(a);
+    expect(draw(8)).not.toEqual(a);
+    const kinds = { none: 0, delay: 0, status: 0, drop: 0 };
+    for (const x of a) {
+      if (!x) kinds.none++;
+      else if ('stallMs' in x) {
+        kinds.delay++;
+        expect(x.stallMs).toBeGreaterThanOrEqual(100);
+        expect(x.stallMs).toBeLessThanOrEqual(200);
+      } else if ('status' in x) {
+        kinds.status++;
+        expect(x.status).toBe(503);
+      } else kinds.drop++;
+    }
+    // 300 draws: each kind shows up, roughly in proportion (drop 10%, error 18%, delay 22%).
+    expect(kinds.drop).toBeGreaterThan(10);
+    expect(kinds.status).toBeGreaterThan(20);
+    expect(kinds.delay).toBeGreaterThan(30);
+    expect(kinds.none).toBeGreaterThan(100);
+    expect(new Set(a.filter((x) => x && 'drop' in x).map((x) => (x as { drop: string }).drop))).toEqual(
+      new Set(['before', 'mid-body', 'after']),
+    );
+
+    const f = new FaultInjector();
+    f.setRandom({ seed: 1, errorProbability: 1 });
+    f.add({ method: 'PATCH', action: { delayMs: 5 } });
+    expect(f.match('PATCH', 'flush')).toEqual({ delayMs: 5 }); // a rule wins
+    expect(f.match('PATCH', 'flush')).toEqual({ status: 500 });
+    expect(f.match('OPTIONS', 'options')).toBeUndefined(); // not a data op
+    expect(f.match('GET', 'extents')).toBeUndefined();
+    f.clear();
+    expect(f.match('PUT', 'write')).toBeUndefined();
+    expect(() => f.setRandom({ seed: 1, errorProbability: 2 })).toThrow();
+  });
+
+  test('latency: per op, 0 by default, kept across clear()', () => {
+    const f = new FaultInjector();
+    expect(f.latency('write')).toBe(0);
+    f.setLatency(50, ['write']);
+    expect(f.latency('write')).toBe(50);
+    expect(f.latency('read')).toBe(0);
+    f.clear();
+    expect(f.latency('write')).toBe(50);
+    f.setLatency(20);
+    expect(['read', 'write', 'zero', 'flush', 'extents', 'options'].map((op) => f.latency(op as never))).toEqual([20, 20, 20, 20, 0, 0]);
+    expect(() => f.setLatency(-1)).toThrow();
+  });
 });

@@ -70,8 +70,9 @@ export class Connection {
     this.stats.open = false;
     this.stats.closedAt = Date.now();
     this.stats.closedBy ??= 'client';
-    const handle = this.handle;
+    // After the requests still running: one of them (say a stalled op) may open the handle yet.
     return this.tail.then(async () => {
+      const handle = this.handle;
       if (handle) await (await handle.catch(() => undefined))?.close().catch(() => undefined);
     });
   }

@@ -1,11 +1,13 @@
 /**
  * A control service on a unix socket so tests can steer an imageio server running in another
- * process: POST /faults (a FaultRule as JSON; "times": -1 means always), DELETE /faults,
- * GET /stats, POST /ticket/expire, POST /ticket/cancel, POST /close-idle.
+ * process: POST /faults (a FaultRule as JSON; "times": -1 means always), DELETE /faults (rules
+ * and the random mode), POST /faults/random (RandomFaults as JSON), POST /latency
+ * ({"ms": N, "ops": [...]}), GET /stats, POST /ticket/expire, POST /ticket/cancel,
+ * POST /close-idle.
  */
 import { promises as fsp } from 'node:fs';
 import http from 'node:http';
-import type { FaultRule } from './faults';
+import type { FaultOp, FaultRule, RandomFaults } from './faults';
 import type { ImageioServer } from './imageio-server';
 
 export class ControlServer {
@@ -44,6 +46,14 @@ export class ControlServer {
         const rule = JSON.parse(body) as FaultRule;
         if (rule.times === -1) rule.times = Infinity;
         t.faults.add(rule);
+        return undefined;
+      }
+      case 'POST /faults/random':
+        t.faults.setRandom(JSON.parse(body) as RandomFaults);
+        return undefined;
+      case 'POST /latency': {
+        const { ms, ops } = JSON.parse(body) as { ms: number; ops?: FaultOp[] };
+        t.faults.setLatency(ms, ops);
         return undefined;
       }
       case 'DELETE /faults':

@@ -19,7 +19,8 @@ import {
   sendJson,
 } from './http-errors';
 import type { ImageFile } from './image-file';
-import { isPyDict, PyDict } from './py-format';
+import { isPyDict, PyDict, reprString } from './py-format';
+import { ALGORITHMS, BlockHash, checkBlockSize, DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE } from './blkhash';
 import { pyJsonLoads, PyJsonError } from './py-json';
 import { checkAllowedRange, parseContentRange, parseRange } from './ranges';
 import { bump, ImageioServerStats } from './stats';
@@ -160,8 +161,8 @@ interface Route {
 
 const ROUTES: Route[] = [
   { rx: /^\/images\/(.*)\/extents/, methods: { GET: getExtents } },
-  { rx: /^\/images\/(.*)\/checksum\/algorithms/, methods: { GET: notImplemented } },
-  { rx: /^\/images\/(.*)\/checksum/, methods: { GET: notImplemented } },
+  { rx: /^\/images\/(.*)\/checksum\/algorithms/, methods: { GET: getChecksumAlgorithms } },
+  { rx: /^\/images\/(.*)\/checksum/, methods: { GET: getChecksum } },
   { rx: /^\/images\/(.*)/, methods: { OPTIONS: optionsImage, GET: getImage, PUT: putImage, PATCH: patchImage } },
   { rx: /^\/info\//, methods: { GET: getInfo }, tcpOnly: true },
 ];
@@ -187,6 +188,18 @@ async function checkFault(
   method: FaultMethod,
   op: FaultOp,
 ): Promise<{ drop: 'mid-body' | 'after' } | undefined> {
+  const action = await checkFaultOrStall(ctx, ex, method, op);
+  if (action && 'stallMs' in action) await sleep(action.stallMs); // the request is read already
+  return action && 'drop' in action ? action : undefined;
+}
+
+/** Like checkFault, but a stall is returned for the handler (a PUT reads its body first). */
+async function checkFaultOrStall(
+  ctx: ServiceContext,
+  ex: Exchange,
+  method: FaultMethod,
+  op: FaultOp,
+): Promise<{ drop: 'mid-body' | 'after' } | { stallMs: number } | undefined> {
   const action = ctx.faults.match(method, op);
   if (!action) return undefined;
   ctx.logger.debug({ method, op, action }, 'injecting fault');
@@ -194,12 +207,19 @@ async function checkFault(
     await sleep(action.delayMs);
     return undefined;
   }
+  if ('stallMs' in action) return action;
   if ('status' in action) {
     if (ex.contentLength) ex.consumed += await drainBody(ex.req, ex.conn, ex.contentLength - ex.consumed);
     throw new ImageioHttpError(action.status, action.body ?? INTERNAL_ERROR_MESSAGE, { close: action.status === 403 });
   }
   if (action.drop === 'before') dropAfter(ex);
   return { drop: action.drop };
+}
+
+/** --latency: the op is done; its response waits (GET: before its body is read and sent). */
+async function addLatency(ctx: ServiceContext, op: FaultOp): Promise<void> {
+  const ms = ctx.faults.latency(op);
+  if (ms > 0) await sleep(ms);
 }
 
 /** The socket was dropped on purpose by a fault rule; nothing more to send. */
@@ -210,10 +230,51 @@ function dropAfter(ex: Exchange): never {
   throw new FaultDropped();
 }
 
-async function notImplemented(ctx: ServiceContext, ex: Exchange, ticketId: string): Promise<void> {
+/** Server information: no ticket needed (imageio answers it for any ticket id). */
+async function getChecksumAlgorithms(ctx: ServiceContext, ex: Exchange): Promise<void> {
+  sendJson(ex.res, { algorithms: [...ALGORITHMS] }, false);
+}
+
+/** Python's int() of a query value: optional spaces and sign, digits with single underscores. */
+function pyInt(text: string): number | undefined {
+  const m = /^\s*([+-]?)(\d+(?:_\d+)*)\s*$/.exec(text);
+  return m ? Number(m[1] + m[2].replace(/_/g, '')) : undefined;
+}
+
+/**
+ * imageio's checksum of the whole image (blkhash, see blkhash.ts): {"algorithm", "block_size",
+ * "checksum"}. Every block is read (holes read fast): the allocation map only knows what came
+ * through this server, and a checksum must see what is really in the file.
+ */
+async function getChecksum(ctx: ServiceContext, ex: Exchange, ticketId: string): Promise<void> {
   requireTicketId(ticketId);
-  ctx.ticket.authorize(ticketId, 'read');
-  throw new ImageioHttpError(404, 'Checksum is not implemented by this server');
+  const algorithm = validateEnum(ex.query, 'algorithm', ALGORITHMS, DEFAULT_ALGORITHM);
+  let blockSize = DEFAULT_BLOCK_SIZE;
+  const bs = ex.query.get('block_size');
+  if (bs !== undefined) {
+    const n = pyInt(bs);
+    if (n === undefined) throw new ImageioHttpError(400, `Invalid block size: ${reprString(bs)}`);
+    blockSize = n;
+  }
+  const invalid = checkBlockSize(blockSize);
+  if (invalid) throw new ImageioHttpError(400, invalid);
+  const ticket = ctx.ticket.authorize(ticketId, 'read');
+  const fh = await openBackend(ctx, ex);
+  ctx.logger.debug({ conn: ex.conn.stats.id, algorithm, blockSize }, 'checksum');
+  const result = await ticket.run(async () => {
+    const hash = new BlockHash(algorithm, blockSize);
+    const size = ctx.image.fileSize;
+    const buf = Buffer.allocUnsafe(blockSize);
+    for (let pos = 0; pos < size; pos += blockSize) {
+      const n = Math.min(blockSize, size - pos);
+      await ctx.image.readExact(fh, buf, n, pos);
+      hash.update(buf.subarray(0, n));
+      if (ex.conn.socket.destroyed) throw new ConnectionLostError();
+    }
+    return hash.result();
+  });
+  bump(ctx.stats.ops, 'checksum');
+  sendJson(ex.res, { algorithm: result.algorithm, block_size: result.block_size, checksum: result.checksum }, false);
 }
 
 async function getInfo(ctx: ServiceContext, ex: Exchange): Promise<void> {
@@ -287,6 +348,7 @@ async function getImage(ctx: ServiceContext, ex: Exchange, ticketId: string): Pr
     checkAllowedRange(offset, size, ticket.size);
   }
   const fault = await checkFault(ctx, ex, 'GET', 'read');
+  await addLatency(ctx, 'read');
   const res = ex.res;
   beginResponse(res, range ? 206 : 200, ex.closeAfter);
   res.setHeader('content-length', size);
@@ -357,31 +419,36 @@ async function putImage(ctx: ServiceContext, ex: Exchange, ticketId: string): Pr
   const flush = validateEnum(ex.query, 'flush', ['y', 'n'], 'y') === 'y';
   const ticket = ctx.ticket.authorize(ticketId, 'write');
   checkAllowedRange(offset, size, ticket.size);
-  const fault = await checkFault(ctx, ex, 'PUT', 'write');
+  const action = await checkFaultOrStall(ctx, ex, 'PUT', 'write');
+  const fault = action && 'drop' in action ? action : undefined;
   const fh = await openBackend(ctx, ex);
   const st = ex.conn.stats;
   const limit = fault?.drop === 'mid-body' ? Math.floor(size / 2) : size;
+  const write = async (bufs: Buffer[], n: number, rel: number) => {
+    await ctx.image.writeAt(fh, bufs, n, offset + rel);
+    st.bytesWritten += n;
+    st.unflushedBytes += n;
+    ctx.stats.bytesWritten += n;
+  };
   await ticket.run(async () => {
     if (size > 0) {
       st.writes++;
       st.unflushedWrites++;
     }
-    ex.consumed += await pumpBody(
-      ex.req,
-      ex.conn,
-      size,
-      async (bufs, n, rel) => {
-        await ctx.image.writeAt(fh, bufs, n, offset + rel);
-        st.bytesWritten += n;
-        st.unflushedBytes += n;
-        ctx.stats.bytesWritten += n;
-      },
-      limit,
-    );
+    if (action && 'stallMs' in action) {
+      // A storage stall: the whole body is here, the write lands late, client or not.
+      const body = await readBody(ex.req, ex.conn, size);
+      ex.consumed += body.length;
+      await sleep(action.stallMs);
+      if (body.length > 0) await write([body], body.length, 0);
+    } else {
+      ex.consumed += await pumpBody(ex.req, ex.conn, size, write, limit);
+    }
     if (fault?.drop === 'mid-body') dropAfter(ex);
     if (flush) await flushConnection(ctx, ex);
   });
   if (fault) dropAfter(ex);
+  await addLatency(ctx, 'write');
   bump(ctx.stats.ops, 'write');
   sendEmpty(ex.res, 200, ex.closeAfter);
 }
@@ -435,6 +502,7 @@ async function zeroImage(ctx: ServiceContext, ex: Exchange, ticketId: string, ms
     if (flush) await flushConnection(ctx, ex);
   });
   if (fault) dropAfter(ex);
+  await addLatency(ctx, 'zero');
   bump(ctx.stats.ops, 'zero');
   sendEmpty(ex.res, 200, false);
 }
@@ -446,6 +514,7 @@ async function flushImage(ctx: ServiceContext, ex: Exchange, ticketId: string): 
   await openBackend(ctx, ex);
   await ticket.run(() => flushConnection(ctx, ex));
   if (fault) dropAfter(ex);
+  await addLatency(ctx, 'flush');
   bump(ctx.stats.ops, 'flush');
   sendEmpty(ex.res, 200, false);
 }

@@ -15,7 +15,9 @@
  *   PATCH zero = zero) instead of SEEK_DATA; zero extents are reported with hole: true.
  * - PATCH zero writes zeros (no fallocate from Node) but skips ranges already known zero.
  * - One idle timeout for all connections (imageio switches to the ticket's inactivity_timeout
- *   once a request is authorized); checksum endpoints and CORS are not implemented.
+ *   once a request is authorized); CORS is not implemented.
+ * - Checksum: the algorithms listed are those computed here (imageio lists all of Python's
+ *   hashlib, including shake_* which then fail with 500).
  */
 import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
@@ -42,7 +44,11 @@ export interface ImageioServerOptions {
   transferId?: string;
   /** Remote service; host default 127.0.0.1; port 0 = ephemeral. Default { port: 0 }. */
   tcp?: { port: number; host?: string };
-  /** Local service unix socket path (plain HTTP, /images only, no /info/). */
+  /**
+   * Local service (plain HTTP, /images only, no /info/) on this unix socket: a file system path,
+   * or an abstract name starting with "\0" (imageio's default is "\0/org/ovirt/imageio";
+   * abstractSocketName() makes a unique one). None when absent.
+   */
   unix?: string;
   /** PEM certificate and key; makes the TCP service HTTPS. */
   tls?: { cert: string | Buffer; key: string | Buffer };
@@ -135,7 +141,7 @@ export class ImageioServer {
     this.tcpAddress = this.tcpServer.address() as AddressInfo;
 
     if (o.unix !== undefined) {
-      await fsp.rm(o.unix, { force: true });
+      if (!isAbstractSocket(o.unix)) await fsp.rm(o.unix, { force: true });
       this.unixServer = http.createServer(serverOpts);
       this.setupServer(this.unixServer, { ...base, service: 'unix' }, 'connection');
       await listen(this.unixServer, () => this.unixServer!.listen(o.unix));
@@ -277,9 +283,31 @@ export class ImageioServer {
     for (const s of servers) s.closeAllConnections();
     await Promise.all(closed);
     await Promise.all(this.closing);
-    if (this.opts.unix !== undefined && this.unixServer) await fsp.rm(this.opts.unix, { force: true });
+    if (this.opts.unix !== undefined && this.unixServer && !isAbstractSocket(this.opts.unix)) {
+      await fsp.rm(this.opts.unix, { force: true });
+    }
     this.tcpServer = this.unixServer = undefined;
   }
+}
+
+/** Linux abstract socket names start with a NUL byte and have no file behind them. */
+export function isAbstractSocket(name: string): boolean {
+  return name.startsWith('\0');
+}
+
+let abstractCount = 0;
+
+/**
+ * A fresh abstract socket name for one server: imageio's default "\0/org/ovirt/imageio" plus
+ * "/PID-N", so that servers in parallel tests (or in one process) never collide.
+ */
+export function abstractSocketName(): string {
+  return `\0/org/ovirt/imageio/${process.pid}-${++abstractCount}`;
+}
+
+/** How a unix socket is shown in text: abstract names as "@name" (the ss(8) convention). */
+export function displaySocket(name: string): string {
+  return isAbstractSocket(name) ? `@${name.slice(1)}` : name;
 }
 
 function listen(server: http.Server, start: () => void): Promise<void> {

@@ -63,15 +63,18 @@ export interface RawResult {
 }
 
 /**
- * Send bytes on a new connection and collect everything until the server closes it or
- * `quietMs` passes without data. `halfClose` ends our side after sending.
+ * Send bytes on a new connection and collect everything until the server closes it, or
+ * `quietMs` (default 300) pass without data after some arrived, or `firstByteMs` (default
+ * 10000) pass with nothing at all. The wait for the first byte is long so that a loaded machine
+ * (a slow fsync, say) does not cut a response off. `halfClose` ends our side after sending.
  */
 export function rawExchange(
   target: { port: number } | { socketPath: string },
   data: Buffer | string | (Buffer | string)[],
-  opts: { halfClose?: boolean; quietMs?: number } = {},
+  opts: { halfClose?: boolean; quietMs?: number; firstByteMs?: number } = {},
 ): Promise<RawResult> {
   const quietMs = opts.quietMs ?? 300;
+  const firstByteMs = Math.max(quietMs, opts.firstByteMs ?? 10000);
   return new Promise((resolve, reject) => {
     const sock =
       'port' in target ? net.connect(target.port, '127.0.0.1') : net.connect({ path: target.socketPath });
@@ -87,7 +90,7 @@ export function rawExchange(
     };
     const rearm = () => {
       if (timer) clearTimeout(timer);
-      timer = setTimeout(() => finish(false), quietMs);
+      timer = setTimeout(() => finish(false), chunks.length ? quietMs : firstByteMs);
     };
     sock.on('connect', () => {
       for (const d of Array.isArray(data) ? data : [data]) sock.write(d);
@@ -146,7 +149,7 @@ export function parseResponses(data: Buffer): ParsedResponse[] {
 export async function rawRequest(
   target: { port: number } | { socketPath: string },
   data: Buffer | string | (Buffer | string)[],
-  opts: { halfClose?: boolean; quietMs?: number } = {},
+  opts: { halfClose?: boolean; quietMs?: number; firstByteMs?: number } = {},
 ): Promise<{ responses: ParsedResponse[]; closed: boolean }> {
   const r = await rawExchange(target, data, opts);
   return { responses: parseResponses(r.data), closed: r.closed };
