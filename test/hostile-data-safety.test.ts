@@ -69,7 +69,9 @@ describe('a request that outlives --request-timeout and then succeeds late', () 
     // The first PUT lands 2.5 s late, after the client's 1 s deadline.
     const h = await start({ name: 'x', kind: 'write', times: 1, behaviour: { type: 'late', delayMs: 2500 } });
     const r = await runAgainst(h, {
-      args: ['--request-timeout', '1'],
+      // A request's deadline is --request-timeout plus its bytes at --min-rate: a high rate keeps it
+      // about 1 s, shorter than the server's delay.
+      args: ['--request-timeout', '1', '--min-rate', '1G'],
       script: `
 ctl("/arm/x")
 op("writeA", lambda: h.pwrite(b"\\xaa" * ${8 * MiB}, 0))
@@ -99,7 +101,9 @@ done()
   test('PATCH zero: not retried; that FLUSH and the later one fail with EIO; exit non-zero (1 MiB zero, FLUSH, data over it, FLUSH)', async () => {
     const h = await start({ name: 'x', kind: 'zero', times: 1, behaviour: { type: 'late', delayMs: 2500 } });
     const r = await runAgainst(h, {
-      args: ['--request-timeout', '1'],
+      // A request's deadline is --request-timeout plus its bytes at --min-rate: a high rate keeps it
+      // about 1 s, shorter than the server's delay.
+      args: ['--request-timeout', '1', '--min-rate', '1G'],
       script: `
 ctl("/arm/x")
 op("zero", lambda: h.zero(${MiB}, 0))
@@ -156,6 +160,9 @@ done()
   });
 
   test('a connection closed right after each successful flush: no false data-loss alarm, exit 0', async () => {
+    // The close is what is tested, not a write racing with it: a PUT sent while the server is
+    // closing that connection has an unknown outcome, and failing it is right. So the script
+    // gives the closes a moment to arrive after each FLUSH.
     const h = await start({ kind: 'flush', behaviour: { type: 'close-after' } });
     const r = await runAgainst(h, {
       // No coalescing: eight writes in flight spread over the pool, so every connection is dirty.
@@ -167,6 +174,7 @@ for i in range(5):
     while h.aio_in_flight() > 0:
         h.poll(-1)
     op("flush", lambda: h.flush())
+    time.sleep(0.3)
 d = op("read", lambda: h.pread(${40 * MiB}, 0))
 res["read_ok"] = d == b"".join(bytes([0x30 + i]) * ${8 * MiB} for i in range(5))
 done()

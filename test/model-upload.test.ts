@@ -224,7 +224,8 @@ test.each(RUNS)('model: $name (seed $seed): every FLUSH ok and the image equals 
   };
   try {
     expect(stats).toBeDefined();
-    expect(stats!.write + stats!.zero + stats!.read).toBeGreaterThan(80);
+    // 40 requests on each of 3 connections, FLUSHes not counted: at least half the rest ran.
+    expect(stats!.write + stats!.zero + stats!.read).toBeGreaterThan(0.5 * 120 * (1 - (run.flushP ?? 0.12)));
     if (run.faults) expect(server.stats().faultsApplied).toBeGreaterThan(0);
     else expect(allFlushed).toBe(true);
     if (allFlushed) {

@@ -153,6 +153,8 @@ export class HttpConnection {
   private sEnd = 0;
   private readingDest = false;
   private shut = false;
+  /** A response completed in this turn of the event loop (see request()). */
+  private justCompleted = false;
 
   constructor(
     readonly id: number,
@@ -173,6 +175,10 @@ export class HttpConnection {
   async request(spec: ExchangeSpec): Promise<ExchangeResult> {
     if (this.cur) throw new Error(`connection ${this.id} is busy`);
     if (this.shut) throw new ExchangeError('connection is closed', 'ERR_CLOSED', false);
+    // A server that closes right after a response: its EOF is usually in the socket already,
+    // read later in this same turn of the event loop. Sending before it is seen would put a
+    // write on a dead connection, with an outcome we could not know; one turn lets it show.
+    if (this.justCompleted) await new Promise<void>((r) => setImmediate(r));
     if (this.socket?.destroyed && this.closedPromise) await this.closedPromise; // a destroyed socket finishing its close
     const socket = this.socket ?? (await this.connect());
     return new Promise<ExchangeResult>((resolve, reject) => {
@@ -420,6 +426,10 @@ export class HttpConnection {
       else this.unflushed.clear();
     }
     this.lastUsed = Date.now();
+    if (!this.justCompleted) {
+      this.justCompleted = true;
+      setImmediate(() => (this.justCompleted = false));
+    }
     const leftover = this.sEnd > this.sStart;
     if (head.close || truncated || leftover || x.phase === 'until-close') {
       if (leftover) this.closeCause ??= new BadResponseError('the server sent more than its response');

@@ -55,6 +55,11 @@ export function unixEndpoint(socketPath: string, connectTimeoutMs: number): Endp
 
 /** Interprets OPTIONS; anything but a 200 with a JSON object is an old server: safe fallback. */
 export function parseOptions(res: ExchangeResult, log: Logger): ImageioServerInfo {
+  if (res.truncated) {
+    throw new ConfigError(
+      `imageio's answer to OPTIONS is longer than ${res.body.length} bytes or never ends: is this an imageio server?`,
+    );
+  }
   const allow = res.headers['allow'];
   const allowList = allow === undefined ? undefined : allow.toUpperCase().split(/\s*,\s*/);
   const writable = allowList === undefined || res.status !== 200 || allowList.includes('PUT');

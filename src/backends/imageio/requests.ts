@@ -247,7 +247,8 @@ export class RequestRunner {
         case 'fail':
           throw this.fail(req, failure, err, attempt);
         case 'fail-unknown': {
-          const e = this.fail(req, failure, err, attempt);
+          // One line: the loss line below says what failed and why it matters.
+          const e = this.fail(req, failure, err, attempt, false);
           this.setLoss(
             `${describeRequest(req)} may still be written by imageio after this failure (${describeFailure(failure, err)}), ` +
               `over anything written there since: ${formatBytes(req.length ?? 0)} at offset ${req.offset} not confirmed`,
@@ -271,7 +272,7 @@ export class RequestRunner {
   }
 
   /** Builds the final error for a failed request and logs it once. */
-  private fail(req: ImageioRequest, failure: HttpFailure, cause: unknown, retries: number): HttpError {
+  private fail(req: ImageioRequest, failure: HttpFailure, cause: unknown, retries: number, log = true): HttpError {
     const suffix = retries > 0 ? ` (after ${retries} ${retries === 1 ? 'retry' : 'retries'})` : '';
     let err: HttpError;
     if (failure.status === 403) {
@@ -287,7 +288,7 @@ export class RequestRunner {
         errno,
       });
     }
-    this.log[req.quiet ? 'debug' : 'error']({ ...failure, retries }, err.message);
+    this.log[req.quiet || !log ? 'debug' : 'error']({ ...failure, retries }, err.message);
     return err;
   }
 
