@@ -79,10 +79,9 @@ export function createLogger(opts: LogOptions = {}): Logger {
   const stream = {
     write: format === 'json' ? (s: string) => write(s) : (s: string) => write(formatPretty(JSON.parse(s) as Record<string, unknown>)),
   };
-  return pino(
-    { level, base: format === 'json' ? { name: 'imageio-nbd' } : undefined, hooks: hooks as pino.LoggerOptions['hooks'] },
-    stream,
-  );
+  const options: pino.LoggerOptions = { level, base: format === 'json' ? { name: 'imageio-nbd' } : undefined };
+  if (hooks) options.hooks = hooks as pino.LoggerOptions['hooks'];
+  return pino(options, stream);
 }
 
 /**
