@@ -17,6 +17,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs, type RunConfig } from './config';
 import { ConfigError, describeError, ImageioNbdError } from './errors';
+import { describeRoot, findHttpError } from './failure-report';
 import { createLogger, emitRecord, type Logger } from './log';
 import { openExport, type ExportStack } from './open-export';
 import { NbdServer } from './server/nbd-server';
@@ -93,6 +94,24 @@ function listenFailure(err: NodeJS.ErrnoException, where: { unix: string } | { p
   }
 }
 
+/** What to do about a failure to reach imageio at start, by error code. */
+const START_HINTS: Record<string, string> = {
+  ECONNREFUSED: 'nothing listens there: check the URL\'s host and port, and that imageio runs',
+  ENOTFOUND: 'no such host: check the URL',
+  EAI_AGAIN: 'the host name could not be resolved now: check the URL and DNS',
+  UND_ERR_CONNECT_TIMEOUT: 'the host did not accept a connection: check the URL and any firewall (see --connect-timeout)',
+  UND_ERR_HEADERS_TIMEOUT: 'the server accepted the connection but did not answer: is it imageio? (see --request-timeout)',
+  EHOSTUNREACH: 'the host is unreachable from here',
+};
+
+/** A failure to start as one line: the cause, and what to do when we know. */
+function startMessage(err: unknown): string {
+  const h = err instanceof ConfigError ? undefined : findHttpError(err);
+  if (!h) return err instanceof ImageioNbdError ? err.message : describeError(err);
+  const hint = h.failure.code ? START_HINTS[h.failure.code] : undefined;
+  return `cannot open the transfer: ${describeRoot(h)}${hint ? `: ${hint}` : ''}`;
+}
+
 function nbdUri(exportName: string, where: { unix?: string; port?: number; host?: string }): string {
   const name = encodeURIComponent(exportName);
   if (where.unix) return `nbd+unix:///${name}?socket=${where.unix}`;
@@ -154,7 +173,7 @@ class Command {
 
   /** Reports a failure to start as one clear line (a JSON line with --log-format json) and returns 1. */
   private startFailure(err: unknown): number {
-    const msg = err instanceof ImageioNbdError ? err.message : describeError(err);
+    const msg = startMessage(err);
     this.logger.debug({ err: describeError(err) }, 'start failed');
     if (this.config.logFormat === 'json') this.logger.fatal(`cannot start: ${msg}`);
     else process.stderr.write(`imageio-nbd: ${msg}\n`);
@@ -201,7 +220,8 @@ class Command {
       else this.say('warn', `still waiting for ${host} after ${secs} s; retrying (${tries})`);
       waitTimer = setTimeout(remind, Math.max(5000, c.requestTimeoutMs));
     };
-    waitTimer = setTimeout(remind, 5000);
+    // The probe says it first when it is the one waiting (after 5 s of silence on its connection).
+    waitTimer = setTimeout(remind, 6000);
     try {
       return await openExport({ ...c, onWaiting }, stackLogger);
     } finally {
@@ -322,7 +342,8 @@ class Command {
         } catch (err) {
           closeFailed = true;
           stack.journal.note('close', err);
-          this.logger.error({ err: describeError(err) }, 'could not send and flush all written data before exit');
+          // Part of the summary below; the message itself is for -v.
+          this.logger.debug({ err: describeError(err) }, 'could not send and flush all written data before exit');
         }
         if (privateDir) fs.rmSync(privateDir, { recursive: true, force: true });
         this.progress?.finish();
