@@ -8,16 +8,12 @@ import net from 'node:net';
 import {
   commandEnv,
   compareFiles,
-  killAll,
   makeSource,
   MiB,
   ROOT,
   spawnTracked,
-  startImageio,
-  tmpDir,
   type StartImageioOptions,
   type TestImageio,
-  type TmpDir,
   e2eSuite,
   waitAllClosed,
 } from './helpers/cli';
