@@ -66,7 +66,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { name: 'keepalive', type: 'string', arg: 'S', group: 'imageio', describe: 'Keep-alive request on HTTP connections idle S seconds (default 30; imageio closes them at 60)' },
 
   // What the command prints.
-  { name: 'stats', type: 'string', arg: 'FILE', optionalValue: true, group: 'output', describe: 'At exit: nbdkit stats-filter lines, http and process lines (stderr, or FILE)' },
+  { name: 'stats', type: 'string', arg: 'FILE', optionalValue: true, group: 'output', describe: 'At exit: nbdkit stats-filter lines, http and process lines, on stderr or in FILE (--stats FILE works too)' },
   { name: 'progress', type: 'string', arg: 'N', optionalValue: true, group: 'output', describe: 'Progress every N seconds (default 5) on stderr: done, rate, ETA, and a final line' },
   { name: 'log-format', type: 'string', arg: 'pretty|json', group: 'output', describe: 'Log lines on stderr; json also makes progress and stats JSON lines (default pretty)' },
 ];

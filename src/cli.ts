@@ -160,7 +160,8 @@ class Command {
       this.progress?.breakLine();
       return true;
     }
-    this.held++;
+    // While opening, what goes wrong is the start failure itself, or restated by the command.
+    if (this.phase === 'serving') this.held++;
     return false;
   }
 
@@ -244,7 +245,8 @@ class Command {
     if (stack.imageio?.serverInfo().legacy) {
       this.say('warn', 'imageio OPTIONS gave no features (an old server): using one connection, zeroes sent as data, no flush');
     }
-    this.logger.info(`serving ${stack.describe}, ${formatSize(stack.top.size())}`);
+    // The imageio backend's "ready" line has the size already.
+    this.logger.info(stack.imageio ? `serving ${stack.describe}` : `serving ${stack.describe}, ${formatSize(stack.top.size())}`);
 
     const server = new NbdServer({
       exports: [
@@ -417,7 +419,7 @@ class Command {
     } else {
       text = stack.stats.format() + '\n' + processLine + '\n';
       if (stack.imageio) text += formatHttpStats(stack.imageio.httpStats());
-      if (stack.coalesce) text += `coalesce: ${formatCoalesce(stack.coalesce.stats())}\n`;
+      if (stack.coalesce) text += `coalesce: ${JSON.stringify(stack.coalesce.stats())}\n`;
     }
     try {
       if (this.statsFd !== undefined) {
@@ -431,13 +433,6 @@ class Command {
       this.say('error', `cannot write stats to ${this.config.stats}: ${describeError(err)}`);
     }
   }
-}
-
-/** "12 writes in, 3 requests out, ...": the coalescing counters as key=value pairs. */
-function formatCoalesce(c: object): string {
-  return Object.entries(c)
-    .map(([k, v]) => `${k}=${String(v)}`)
-    .join(' ');
 }
 
 /** Before listening on a unix socket: a clear reason when the path cannot work. */

@@ -77,7 +77,7 @@ export class FailureJournal extends PassthroughLayer {
     if (this.writesFailed) {
       const bytes = this.unconfirmedBytes();
       parts.push(bytes > 0 ? `${formatSize(bytes)} not confirmed` : 'written data not confirmed');
-      parts.push('transfer NOT complete');
+      parts.push('the transfer is NOT complete');
     } else {
       const n = this.failures.length;
       parts.push(`${n} ${n === 1 ? 'request' : 'requests'} failed (the NBD client was told)`);
@@ -134,6 +134,11 @@ function describeRequest(f: HttpFailure): string {
 /** The root cause as a person reads it. */
 export function describeRoot(err: unknown): string {
   const h = findHttpError(err);
+  if (!h && err instanceof DataLossError) {
+    // Its message names the connection and the ranges; the cause adds only its code.
+    const code = causeCode(err.cause);
+    return code ? `${err.message} (${code})` : err.message;
+  }
   if (!h) return describeError(err);
   const f = h.failure;
   const req = describeRequest(f);
@@ -146,4 +151,14 @@ export function describeRoot(err: unknown): string {
   if (f.code && TIMEOUT_CODES.has(f.code)) return `imageio did not answer ${req} on ${conn} in time (${f.code})`;
   if (f.code === 'ECONNREFUSED') return `imageio refused ${conn} for ${req} (ECONNREFUSED)`;
   return `${req} on ${conn} failed: ${describeError(h.cause ?? h)}`;
+}
+
+/** The first string `code` in an error's cause chain. */
+function causeCode(err: unknown): string | undefined {
+  for (let e = err, i = 0; e && i < 8; i++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string') return code;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return undefined;
 }

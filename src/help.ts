@@ -10,7 +10,7 @@ const USAGE = `Usage: imageio-nbd [OPTIONS] URL
 
 Serves URL as an NBD export, in the manner of nbdkit. URL is an oVirt imageio transfer URL
 (https://HOST:54322/images/TICKET, or http://...), a disk image (a path, or file:///absolute/path),
-or memory:SIZE (e.g. memory:1G). It listens on TCP 127.0.0.1:10809 unless given -U, -p, -s or --run.`;
+or memory:SIZE (e.g. memory:1G). By default it listens on TCP 127.0.0.1:10809 and detaches once listening.`;
 
 function table(rows: Array<[string, string]>): string[] {
   const width = Math.max(...rows.map(([l]) => l.length)) + 2;

@@ -165,7 +165,7 @@ describe('failures mid-transfer', () => {
     expect(r.code).not.toBe(0);
     const ours = lines(r.stderr).filter((l) => !l.startsWith('nbdcopy:'));
     expect(ours).toEqual([
-      expect.stringMatching(/^imageio-nbd: imageio closed connection \d+ while PUT offset=\d+ length=\d+ was in flight \(\w+\); [\d.]+ (KiB|MiB) not confirmed; transfer NOT complete$/),
+      expect.stringMatching(/^imageio-nbd: imageio closed connection \d+ while PUT offset=\d+ length=\d+ was in flight \(\w+\); [\d.]+ (KiB|MiB) not confirmed; the transfer is NOT complete$/),
     ]);
   });
 

@@ -268,7 +268,7 @@ describe('output', () => {
     expect(lines).toContainEqual(
       expect.stringMatching(/^http: \d+ of \d+ connections used, \d+ retries, \d+ reconnects, [\d.]+ MiB sent, .* received$/),
     );
-    expect(lines).toContainEqual(expect.stringMatching(/^coalesce: (\w+=\d+ ?)+$/));
+    expect(lines).toContainEqual(expect.stringMatching(/^coalesce: \{.*\}$/));
     for (const l of lines) {
       expect(l).toMatch(new RegExp(`${nbd.source}|^http[ :]|^process: |^coalesce: `));
     }
@@ -312,6 +312,8 @@ describe('output', () => {
     // One line per event, and no path quoted twice.
     for (const l of nonEmpty(r.stderr)) expect(l).toMatch(/^\[\d\d:\d\d:\d\d\.\d{3}\] (TRACE|DEBUG|INFO|WARN|ERROR): /);
     expect(r.stderr).not.toContain('\\"');
+    // The size is said once (the backend's "ready" line), not again by every layer.
+    expect(nonEmpty(r.stderr).filter((l) => l.includes(String(SIZE)) || l.includes('32 MiB'))).toHaveLength(1);
   });
 
   test('--log-format json: every stderr line is JSON, also a start failure', async () => {

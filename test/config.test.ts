@@ -1,5 +1,6 @@
 import { parseArgs, type RunConfig } from '../src/config';
 import { longOptionNames, shortOptionNames } from '../src/cli-options';
+import { EXPORT_DEFAULTS } from '../src/open-export';
 import { parseSize } from '../src/size';
 import { ConfigError } from '../src/errors';
 
@@ -178,6 +179,11 @@ describe('parseArgs', () => {
       if (r instanceof Error) expect(r.message).not.toMatch(/Unknown|unknown/);
     }
     expect(shortOptionNames()).toEqual(expect.arrayContaining(['U', 'p', 'i', '4', '6', 's', 'f', 'P', 'r', 'e', 't', 'n', 'v', 'V', 'D', 'h']));
+  });
+
+  test("the command's defaults are the library's (EXPORT_DEFAULTS)", async () => {
+    const c = await cfg(['memory:1M']);
+    for (const [k, v] of Object.entries(EXPORT_DEFAULTS)) expect({ [k]: c[k as keyof RunConfig] }).toEqual({ [k]: v });
   });
 
   test('imageio-server subcommand passes its arguments through', async () => {
