@@ -175,7 +175,7 @@ describe('failures mid-transfer', () => {
     expect(r.code).not.toBe(0);
     const l = lines(r.stderr);
     expect(l.filter((x) => / (WARN|ERROR): /.test(x)).length).toBeGreaterThan(2);
-    expect(l.filter((x) => x.startsWith('imageio-nbd: '))).toEqual([expect.stringMatching(/transfer NOT complete$/)]);
+    expect(l.filter((x) => x.startsWith('imageio-nbd: '))).toEqual([expect.stringMatching(/the transfer is NOT complete$/)]);
   });
 
   test('--log-format json: the summary is one JSON line too', async () => {
@@ -184,7 +184,7 @@ describe('failures mid-transfer', () => {
     expect(r.code).not.toBe(0);
     const ours = lines(r.stderr).filter((x) => !x.startsWith('nbdcopy:'));
     expect(ours).toHaveLength(1);
-    expect(JSON.parse(ours[0]).msg).toMatch(/^imageio closed connection .* transfer NOT complete$/);
+    expect(JSON.parse(ours[0]).msg).toMatch(/^imageio closed connection .* the transfer is NOT complete$/);
   });
 
   test('a library user sees a failure once: thrown, not also logged', async () => {
