@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# npm run bench [-- --size 4G --only REGEX]: the upload benchmark (see docs/performance.md).
+# npm run bench [-- --quick | --size 4G --repeat 3 --only REGEX --json FILE ...]: the performance
+#   benchmark (upload, block-size hints, download, backpressure, start-up; see docs/performance.md,
+#   and `npm run bench -- --help` for the options).
 # npm run bench:nbdkit [-- --size 1G]: NBD overhead against nbdkit's file plugin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/node-env.sh
 bash scripts/ensure-deps.sh
-which="${BENCH:-upload}"
+# imageio-nbd's CPU and peak RSS are measured from outside with GNU time when it is there.
+[ -x /usr/bin/time ] || echo "bench: /usr/bin/time is missing (Debian package 'time'); falling back to an in-process rusage wrapper" >&2
+which="${BENCH:-all}"
 case "$which" in
-  upload) exec node dist/bench/upload-bench.js "$@" ;;
+  all|upload) exec node dist/bench/bench.js "$@" ;;
   nbdkit) exec node dist/bench/nbdkit-compare.js "$@" ;;
   *) echo "unknown BENCH=$which" >&2; exit 2 ;;
 esac

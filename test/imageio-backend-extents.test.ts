@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { EXTENT_HOLE, EXTENT_ZERO } from '../src/backend';
-import { ExtentMap } from '../src/backends/imageio-extents';
+import { ExtentMap } from '../src/backends/imageio/extent-map';
 
 const Z = EXTENT_ZERO;
 const HZ = EXTENT_HOLE | EXTENT_ZERO;
