@@ -101,6 +101,8 @@ const START_HINTS: Record<string, string> = {
   EAI_AGAIN: 'the host name could not be resolved now: check the URL and DNS',
   UND_ERR_CONNECT_TIMEOUT: 'the host did not accept a connection: check the URL and any firewall (see --connect-timeout)',
   UND_ERR_HEADERS_TIMEOUT: 'the server accepted the connection but did not answer: is it imageio? (see --request-timeout)',
+  ERR_TIMEOUT: 'the server accepted the connection but did not answer: is it imageio? (see --request-timeout)',
+  ERR_CONNECT: 'the host did not accept a connection: check the URL (see --connect-timeout)',
   EHOSTUNREACH: 'the host is unreachable from here',
 };
 

@@ -19,8 +19,10 @@ export interface RecordedFailure {
   err: unknown;
 }
 
-const CLOSED_CODES = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
-const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
+/** Codes of "the server closed the connection" (the imageio backend's own, Node's, undici's). */
+const CLOSED_CODES = new Set(['ERR_CLOSED', 'ECONNRESET', 'EPIPE', 'ECONNABORTED', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
+/** Codes of "no answer in time". */
+const TIMEOUT_CODES = new Set(['ERR_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
 
 export class FailureJournal extends PassthroughLayer {
   readonly failures: RecordedFailure[] = [];
@@ -137,7 +139,9 @@ export function describeRoot(err: unknown): string {
   if (!h && err instanceof DataLossError) {
     // Its message names the connection and the ranges; the cause adds only its code.
     const code = causeCode(err.cause);
-    return code ? `${err.message} (${code})` : err.message;
+    // The outcome is said once, at the end of the summary.
+    const message = err.message.replace(/;? *(the )?transfer (is )?NOT complete$/, '');
+    return code ? `${message} (${code})` : message;
   }
   if (!h) return describeError(err);
   const f = h.failure;

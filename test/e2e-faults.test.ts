@@ -121,7 +121,8 @@ sys.exit(5 if fails("flush", lambda: h.flush()) else 0)
   test('a PUT cut mid-body is not resent (it may still land later): the copy fails, NOT complete', async () => {
     const s = await imageio();
     s.server.faults.add({ method: 'PUT', action: { drop: 'mid-body' } });
-    const r = await runWith(s, QEMU_IMG);
+    // -v: the backend's own lines; the default level has one summary line (test/cli-errors.test.ts).
+    const r = await runWith(s, QEMU_IMG, ['-v']);
     expect(r.code).not.toBe(0);
     expect(s.server.stats().faultsApplied).toBe(1);
     expect(r.stderr).toMatch(/PUT offset=\d+ length=\d+ may still be written by imageio/);
