@@ -1,6 +1,8 @@
 import { parseArgs, type RunConfig } from '../src/config';
 import { longOptionNames, shortOptionNames } from '../src/cli-options';
 import { EXPORT_DEFAULTS } from '../src/open-export';
+import * as lib from '../src';
+import type { ExportOptions, ListenConfig, OptionSpec, RunConfig as LibRunConfig } from '../src';
 import { parseSize } from '../src/size';
 import { ConfigError } from '../src/errors';
 
@@ -184,6 +186,18 @@ describe('parseArgs', () => {
   test("the command's defaults are the library's (EXPORT_DEFAULTS)", async () => {
     const c = await cfg(['memory:1M']);
     for (const [k, v] of Object.entries(EXPORT_DEFAULTS)) expect({ [k]: c[k as keyof RunConfig] }).toEqual({ [k]: v });
+  });
+
+  test('the library exports the defaults, parseArgs, RunConfig and the option types', async () => {
+    expect(lib.EXPORT_DEFAULTS).toBe(EXPORT_DEFAULTS);
+    expect(lib.CLI_DEFAULTS.connections).toBe(EXPORT_DEFAULTS.connections);
+    expect(lib.OPTIONS.length).toBeGreaterThan(30);
+    const opts: ExportOptions = { url: 'memory:1M' }; // every other field is optional
+    const listen: ListenConfig = { stdio: true };
+    const spec: OptionSpec = lib.OPTIONS[0];
+    const r = await lib.parseArgs(['memory:1M']);
+    const c: LibRunConfig | undefined = r.kind === 'run' ? r.config : undefined;
+    expect([opts.url, 'stdio' in listen, spec.name, c?.url]).toEqual(['memory:1M', true, 'unix', 'memory:1M']);
   });
 
   test('imageio-server subcommand passes its arguments through', async () => {

@@ -134,3 +134,12 @@ test('the README uses the installed command, never node bin/imageio-nbd.js', () 
   expect(text).not.toMatch(/node bin\/imageio-nbd/);
   expect(text).toMatch(/^npm pack && npm install -g \.\/imageio-nbd-\*\.tgz$/m);
 });
+
+test('npm run lint runs eslint with its config (CI runs it on everything)', async () => {
+  const r = await run(path.join(ROOT, 'node_modules', '.bin', 'eslint'), ['--max-warnings', '0', 'src/cli.ts', 'src/config.ts', 'src/cli-options.ts', 'scripts/build.js', 'bin/imageio-nbd.js'], { cwd: ROOT });
+  expect({ code: r.code, stdout: r.stdout, stderr: r.stderr }).toEqual({ code: 0, stdout: '', stderr: '' });
+  const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string>; devDependencies: Record<string, string> };
+  expect(pkg.scripts.lint).toBe('eslint .');
+  expect(Object.keys(pkg.devDependencies)).toEqual(expect.arrayContaining(['eslint', '@eslint/js', 'typescript-eslint']));
+  expect(readFileSync(path.join(ROOT, '.ci', 'run'), 'utf8')).toMatch(/^npm run --silent lint /m);
+});
