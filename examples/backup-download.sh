@@ -3,10 +3,13 @@
 # extents, served as NBD base:allocation), and nbdcopy copies only those, leaving holes.
 #   examples/backup-download.sh TRANSFER_URL BACKUP.raw
 set -euo pipefail
+if [ $# -ne 2 ]; then
+  echo "usage: $0 TRANSFER_URL BACKUP.raw" >&2
+  exit 2
+fi
 url=$1 out=$2
-here=$(dirname "$0")
 export OUT="$out"
-node "$here/../bin/imageio-nbd.js" --readonly --run '
+imageio-nbd --readonly --run '
   nbdinfo --map "$uri"
   nbdcopy "$uri" "$OUT"
 ' "$url"

@@ -4,11 +4,14 @@
 # the transfer. Both servers run captive (--run), so everything stops when the copy ends.
 #   examples/nbdcopy-from-nbdkit.sh TRANSFER_URL SIZE [SEED]
 set -euo pipefail
+if [ $# -lt 2 ]; then
+  echo "usage: $0 TRANSFER_URL SIZE [SEED]" >&2
+  exit 2
+fi
 url=$1 size=$2 seed=${3:-1}
-here=$(dirname "$0")
-export IMAGEIO_NBD="node $here/../bin/imageio-nbd.js" TRANSFER_URL="$url"
+export TRANSFER_URL="$url"
 # Outer: nbdkit's source as $uri; inner: imageio-nbd's export, whose $uri nbdcopy writes to.
 nbdkit -U - sparse-random size="$size" seed="$seed" percent=20 --run '
   src="$uri"
-  $IMAGEIO_NBD --run "nbdcopy --flush \"$src\" \"\$uri\"" "$TRANSFER_URL"
+  imageio-nbd --run "nbdcopy --flush \"$src\" \"\$uri\"" "$TRANSFER_URL"
 '

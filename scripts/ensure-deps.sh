@@ -12,6 +12,10 @@ command -v nbdcopy >/dev/null || need+=(libnbd-bin)
 command -v nbdkit >/dev/null || need+=(nbdkit)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
+# The packaging test checks that an older Node (Debian's) gets one clear line from the command.
+[ -x /usr/bin/node ] || need+=(nodejs)
+# script(1) gives the progress test a terminal.
+command -v script >/dev/null || need+=(bsdutils)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${need[*]}; run as root or: sudo apt-get install ${need[*]}" >&2

@@ -14,15 +14,18 @@ if [ "$_major" -lt "$NODE_WANT_MAJOR" ]; then
     s390x) _arch=s390x ;;
     *) echo "no Node.js $NODE_WANT_MAJOR package for $(uname -m): install Node.js $NODE_WANT_MAJOR yourself" >&2; return 1 ;;
   esac
-  _bin="$_root/.tools/node/node_modules/node-linux-$_arch/bin"
+  _tools="$_root/.tools"
+  # A .tools that cannot hold a directory (a dangling or looping link): use the user's cache.
+  if ! mkdir -p "$_tools/node" 2>/dev/null; then _tools="${XDG_CACHE_HOME:-$HOME/.cache}/imageio-nbd"; fi
+  _bin="$_tools/node/node_modules/node-linux-$_arch/bin"
   if [ ! -x "$_bin/node" ] || [ "$("$_bin/node" -p 'process.versions.node')" != "$NODE_PKG_VERSION" ]; then
-    echo "installing Node.js $NODE_PKG_VERSION into .tools/node (found $(node -v 2>/dev/null || echo none))" >&2
+    echo "installing Node.js $NODE_PKG_VERSION into $_tools/node (found $(node -v 2>/dev/null || echo none))" >&2
     command -v npm >/dev/null || { echo "npm is needed to install Node.js $NODE_WANT_MAJOR: apt-get install npm, or install Node.js $NODE_WANT_MAJOR" >&2; return 1; }
-    mkdir -p "$_root/.tools/node"
-    npm install --prefix "$_root/.tools/node" --no-save --no-audit --no-fund --no-package-lock \
+    mkdir -p "$_tools/node" || return 1
+    npm install --prefix "$_tools/node" --no-save --no-audit --no-fund --no-package-lock \
       "node-linux-$_arch@$NODE_PKG_VERSION" >&2 || return 1
   fi
   export PATH="$_bin:$PATH"
   hash -r
 fi
-unset _root _major _arch _bin
+unset _root _major _arch _bin _tools

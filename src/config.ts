@@ -1,17 +1,32 @@
 /**
- * The command line: nbdkit's options with nbdkit's meaning, the key=value form of virt-v2v's
- * oVirt upload plugin (url=, size=, cafile=, insecure=, is_ovirt_host=), and our own options.
+ * The command line: nbdkit's options with nbdkit's meaning (and spellings), the key=value form
+ * of virt-v2v's oVirt upload plugin (url=, size=, cafile=, insecure=, is_ovirt_host=), and our
+ * own options. The options themselves are listed once, in cli-options.ts.
  * parseArgs() is pure (no I/O) so every rule here is unit-tested; src/cli.ts acts on the result.
  */
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import yargs from 'yargs/yargs';
 import { ConfigError } from './errors';
 import { parseSize } from './size';
 import { NBD_DEFAULT_PORT } from '../protocol/constants';
+import { OPTIONS, UNSUPPORTED_NBDKIT_OPTIONS } from './cli-options';
+import { helpText } from './help';
 
 export const VERSION = '0.1.0';
 
+/** What the command does with the network side: where it listens. */
+export type ListenConfig =
+  | { unix: string }
+  | { privateUnix: true }
+  | { port: number; host: string }
+  /** -s/--single: one client on stdin/stdout. */
+  | { stdio: true };
+
+/** Everything the command needs to serve, after defaults. Library users see ExportOptions instead. */
 export interface RunConfig {
-  /** memory:SIZE, file:///path, http(s)://host/images/TICKET */
+  /** memory:SIZE, file:///path, http(s)://host/images/TICKET (a plain path is turned into file://). */
   url: string;
   size?: number;
   cafile?: string;
@@ -29,7 +44,7 @@ export interface RunConfig {
   retries: number;
   /** Send a keep-alive request on HTTP connections idle this long (imageio closes them at 60 s). */
   keepAliveMs: number;
-  listen: { unix: string } | { privateUnix: true } | { port: number; host: string };
+  listen: ListenConfig;
   readonly: boolean;
   exportName: string;
   foreground: boolean;
@@ -47,106 +62,166 @@ export interface RunConfig {
   ignored: string[];
 }
 
+/** nbdkit's informational modes, answered in nbdkit's format (see nbdkit-compat.ts). */
+export type InfoKind = 'dump-config' | 'dump-plugin' | 'long-options' | 'short-options';
+
 export type ParseResult =
   | { kind: 'run'; config: RunConfig }
   | { kind: 'help'; text: string }
   | { kind: 'version'; text: string }
+  | { kind: 'info'; info: InfoKind; plugin?: string }
   | { kind: 'imageio-server'; argv: string[] };
 
-const USAGE = `imageio-nbd [OPTIONS] URL | imageio-nbd [OPTIONS] url=URL size=N [cafile=F] [insecure=true] [is_ovirt_host=true]
-imageio-nbd imageio-server --image FILE [...]   (a built-in imageio-compatible server; --help for its options)
-
-Serve URL as an NBD export. URL is an imageio transfer URL (https://HOST:54322/images/TICKET or
-http://...), file:///path/disk.raw, or memory:SIZE (e.g. memory:1G).`;
+/** The defaults of every option, in the units RunConfig uses. */
+export const CLI_DEFAULTS = {
+  connections: 4,
+  requestSize: 8 * 2 ** 20,
+  maxBuffer: 64 * 2 ** 20,
+  coalesceIdleSeconds: 0.01,
+  connectTimeoutSeconds: 10,
+  requestTimeoutSeconds: 60,
+  retries: 3,
+  keepAliveSeconds: 30,
+  threads: 16,
+  progressSeconds: 5,
+  port: NBD_DEFAULT_PORT,
+  host: '127.0.0.1',
+} as const;
 
 function buildParser(argv: string[]) {
-  return yargs(argv)
-    .scriptName('imageio-nbd')
-    .usage(USAGE)
-    .parserConfiguration({ 'camel-case-expansion': false, 'strip-aliased': true })
-    .option('U', { alias: 'unix', type: 'string', describe: 'Listen on this unix socket; "-" makes a private socket in a temporary directory', group: 'nbdkit options:' })
-    .option('p', { alias: 'port', type: 'number', describe: `Listen on this TCP port (default ${NBD_DEFAULT_PORT} when no -U)`, group: 'nbdkit options:' })
-    .option('i', { alias: 'ipaddr', type: 'string', describe: 'Listen on this address (default 127.0.0.1)', group: 'nbdkit options:' })
-    .option('f', { alias: 'foreground', type: 'boolean', describe: 'Stay in the foreground (otherwise detach once listening)', group: 'nbdkit options:' })
-    .option('r', { alias: 'readonly', type: 'boolean', describe: 'Serve the export read-only', group: 'nbdkit options:' })
-    .option('e', { alias: 'exportname', type: 'string', describe: 'Export name (default "")', group: 'nbdkit options:' })
-    .option('run', { type: 'string', describe: 'Captive mode: run CMD with $uri, $nbd, $unixsocket, $port, $exportname set; flush, then exit with its status', group: 'nbdkit options:' })
-    .option('exit-with-parent', { type: 'boolean', describe: 'Exit when the parent process exits', group: 'nbdkit options:' })
-    .option('P', { alias: 'pidfile', type: 'string', describe: 'Write the process id here once the socket listens', group: 'nbdkit options:' })
-    .option('t', { alias: 'threads', type: 'number', describe: 'Requests served at once per NBD connection (default 16)', group: 'nbdkit options:' })
-    .option('v', { alias: 'verbose', type: 'count', describe: 'Debug logging, one line per request (-vv: trace)', group: 'nbdkit options:' })
-    .option('V', { type: 'boolean', describe: 'Print the version and exit (also --version)', group: 'nbdkit options:' })
-    .option('D', { alias: 'debug', type: 'string', describe: 'nbdkit debug flag: accepted and ignored', group: 'nbdkit options:' })
-    .option('selinux-label', { type: 'string', describe: 'Accepted and ignored', group: 'nbdkit options:' })
-    .option('cafile', { type: 'string', describe: 'CA certificate(s) to verify the imageio server (default: system CAs)', group: 'imageio options:' })
-    .option('insecure', { type: 'boolean', describe: 'Do not verify the imageio server certificate', group: 'imageio options:' })
-    .option('unix-socket', { type: 'string', choices: ['auto', 'never'], describe: "Use imageio's local unix socket when it offers one and it is reachable (default auto)", group: 'imageio options:' })
-    .option('connections', { type: 'number', describe: 'HTTP connections in the pool (default 4; fewer if the server says so)', group: 'imageio options:' })
-    .option('request-size', { type: 'string', describe: 'Coalesce writes into HTTP requests of this size (default 8M; 0 turns coalescing off)', group: 'imageio options:' })
-    .option('max-buffer', { type: 'string', describe: 'Bound on write data buffered or in flight (default 64M)', group: 'imageio options:' })
-    .option('coalesce-idle', { type: 'number', describe: 'Send a partly filled request after this many seconds without new writes to it (default 0.01)', group: 'imageio options:' })
-    .option('size', { type: 'string', describe: 'Export size (default: discovered from the server)', group: 'imageio options:' })
-    .option('block-size', { type: 'string', describe: 'Preferred block size advertised to NBD clients (default: 8M for imageio, 4M otherwise)', group: 'imageio options:' })
-    .option('connect-timeout', { type: 'number', describe: 'Seconds to wait for an HTTP connection (default 10)', group: 'imageio options:' })
-    .option('request-timeout', { type: 'number', describe: 'Seconds to wait for an HTTP response (default 60)', group: 'imageio options:' })
-    .option('retries', { type: 'number', describe: 'Retries of an idempotent HTTP request after a connection error or 5xx (default 3)', group: 'imageio options:' })
-    .option('keepalive', { type: 'number', describe: 'Seconds an HTTP connection may stay idle before a keep-alive request (default 30; imageio closes idle connections after 60)', group: 'imageio options:' })
-    .option('stats', { type: 'string', describe: 'At exit, print NBD and HTTP statistics to stderr, or to FILE with --stats=FILE', group: 'output options:' })
-    .option('progress', { type: 'string', describe: 'Print a progress line every N seconds (default 5)', group: 'output options:' })
-    .option('log-format', { type: 'string', choices: ['pretty', 'json'], describe: 'Log format (default pretty)', group: 'output options:' })
+  let p = yargs(argv)
+    .parserConfiguration({
+      'camel-case-expansion': false,
+      'strip-aliased': true,
+      // --no-fork and --no-sr are options of their own, not negations.
+      'boolean-negation': false,
+      // Values are parsed here, with messages that echo what was typed.
+      'parse-numbers': false,
+      'parse-positional-numbers': false,
+    })
     .help(false)
     .version(false)
-    .option('h', { alias: 'help', type: 'boolean', describe: 'Show this help' })
     .strictOptions(true)
-    .wrap(Math.min(110, process.stdout.columns || 100))
     .exitProcess(false)
     .fail((msg, err) => {
       throw new ConfigError(err ? err.message : msg);
     });
-}
-
-/** The help text, as --help prints it. */
-export async function helpText(): Promise<string> {
-  return buildParser([]).getHelp();
+  for (const o of OPTIONS) {
+    const key = o.short ?? o.name;
+    const alias = [...(o.short ? [o.name] : []), ...(o.aliases ?? [])];
+    const type = o.type === 'flag' ? 'boolean' : o.type === 'count' ? 'count' : 'string';
+    p = p.option(key, { alias, type });
+  }
+  for (const u of UNSUPPORTED_NBDKIT_OPTIONS) {
+    p = p.option(u.short ?? u.name, { alias: u.short ? [u.name] : [], type: u.takesValue ? 'string' : 'boolean' });
+  }
+  return p;
 }
 
 function truthy(v: string): boolean {
   return ['true', '1', 'yes', 'on'].includes(v.toLowerCase());
 }
 
-function positiveInt(v: unknown, what: string, min = 1): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
-    throw new ConfigError(`invalid ${what} ${String(v)}: expected a whole number >= ${min}`);
-  }
-  return v;
+/** The value of a string option as typed (the last one when repeated). */
+function text(v: unknown): string | undefined {
+  if (v === undefined) return undefined;
+  return Array.isArray(v) ? String(v[v.length - 1]) : String(v);
 }
 
-function keepAliveSeconds(v: unknown): number {
-  if (v === undefined) return 30;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0.1 || v > 86400) {
-    throw new ConfigError(`invalid --keepalive ${String(v)}: seconds from 0.1 to 86400`);
+/** A whole number typed on the command line, or undefined when absent. */
+function wholeNumber(v: unknown, opt: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
+  const t = text(v);
+  if (t === undefined) return undefined;
+  const n = /^\s*\d+\s*$/.test(t) ? Number(t) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `from ${min} to ${max}`;
+    throw new ConfigError(`invalid ${opt} '${t}': expected a whole number ${range}`);
   }
-  return v;
+  return n;
+}
+
+/** Seconds typed on the command line (fractions allowed), or undefined when absent. */
+function seconds(v: unknown, opt: string, min: number, max: number): number | undefined {
+  const t = text(v);
+  if (t === undefined) return undefined;
+  const n = /^\s*(\d+(\.\d*)?|\.\d+)\s*$/.test(t) ? Number(t) : NaN;
+  if (!(n >= min && n <= max)) {
+    throw new ConfigError(`invalid ${opt} '${t}': expected seconds from ${min} to ${max} (fractions allowed, e.g. 0.5)`);
+  }
+  return n;
+}
+
+/** Rewrites argv so that yargs sees what nbdkit users type. Returns the new argv and --stats' candidate file. */
+function normalizeArgv(argv: string[]): { args: string[]; statsCandidate?: string } {
+  const args: string[] = [];
+  let statsCandidate: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const x = argv[i];
+    const next = argv[i + 1];
+    if (x === '--') {
+      args.push(...argv.slice(i));
+      break;
+    }
+    if (x === '-4') args.push('--ipv4-only');
+    else if (x === '-6') args.push('--ipv6-only');
+    else if (x === '--progress') {
+      // "--progress 5" takes the number; "--progress URL" does not swallow the URL.
+      if (next !== undefined && /^(\d+(\.\d*)?|\.\d+)$/.test(next)) {
+        args.push(`--progress=${next}`);
+        i++;
+      } else args.push('--progress=');
+    } else if (x === '--stats') {
+      // "--stats FILE URL" and "--stats URL": which one is the file is decided once the
+      // positional arguments are known (see parseArgs).
+      args.push('--stats=');
+      if (next !== undefined && !next.startsWith('-') && !next.includes('=')) statsCandidate = next;
+    } else args.push(x);
+  }
+  return { args, statsCandidate };
+}
+
+/** Turns the URL argument into the URL served; a plain path is a file, as with nbdkit's file plugin. */
+function normalizeUrl(url: string): string {
+  if (/^memory:/.test(url) || /^https?:\/\//i.test(url)) return url;
+  if (/^file:/i.test(url)) {
+    let u: URL;
+    try {
+      u = new URL(url);
+    } catch {
+      throw new ConfigError(`invalid file URL '${url}': use file:///absolute/path, or the path itself`);
+    }
+    if (!/^file:\/\/(localhost)?\//i.test(url)) {
+      throw new ConfigError(
+        `invalid file URL '${url}': a file URL needs an absolute path, file:///absolute/path (three slashes); ` +
+          `or give the path itself (${url.replace(/^file:\/*/i, '')})`,
+      );
+    }
+    if (u.pathname === '/' || u.pathname === '') throw new ConfigError(`invalid file URL '${url}': no file named`);
+    return url;
+  }
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
+    throw new ConfigError(`unsupported URL '${url}': expected https://, http://, file:///path, a file path or memory:SIZE`);
+  }
+  return pathToFileURL(path.resolve(url)).href;
 }
 
 /** Parse argv (without node and script). Throws ConfigError with one clear line on bad input. */
 export async function parseArgs(argv: string[]): Promise<ParseResult> {
   if (argv[0] === 'imageio-server') return { kind: 'imageio-server', argv: argv.slice(1) };
-  // --stats and --progress take an optional value only in the --opt=VALUE form, so that
-  // "--stats URL" does not swallow the URL.
-  // "--progress 5" still works: a number is never a URL.
-  const parser = buildParser(
-    argv.map((x, i) =>
-      x === '--stats' || (x === '--progress' && !/^\d+(\.\d+)?$/.test(argv[i + 1] ?? '')) ? `${x}=` : x === '--version' ? '-V' : x,
-    ),
-  );
-  const a = (await parser.parseAsync()) as Record<string, unknown>;
-  if (a.h) return { kind: 'help', text: await parser.getHelp() };
-  if (a.V) return { kind: 'version', text: `imageio-nbd ${VERSION}` };
+  const { args, statsCandidate } = normalizeArgv(argv);
+  const a = (await buildParser(args).parseAsync()) as Record<string, unknown>;
+  if (a.h) return { kind: 'help', text: helpText() };
+
+  for (const u of UNSUPPORTED_NBDKIT_OPTIONS) {
+    if (a[u.short ?? u.name] !== undefined && a[u.short ?? u.name] !== false) {
+      throw new ConfigError(`nbdkit's --${u.name} is not supported by imageio-nbd: ${u.why}`);
+    }
+  }
 
   const ignored: string[] = [];
-  let url: string | undefined;
+  const positionals: string[] = [];
   const kv: Record<string, string> = {};
+  let plugin: string | undefined;
   for (const raw of (a._ as unknown[]).map(String)) {
     const eq = raw.indexOf('=');
     const colon = raw.indexOf(':');
@@ -155,84 +230,127 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
       kv[key] = raw.slice(eq + 1);
     } else if (raw === 'python' || raw.endsWith('.py')) {
       // virt-v2v names its python plugin and script; we are the plugin.
+      if (raw === 'python') plugin = raw;
       ignored.push(`plugin ${raw}`);
-    } else if (url === undefined) {
-      url = raw;
     } else {
-      throw new ConfigError(`unexpected argument '${raw}': only one URL may be given`);
+      positionals.push(raw);
     }
   }
+  if (kv.script !== undefined) {
+    // virt-v2v 2.x passes the plugin script as script=FILE.py.
+    ignored.push(`script=${kv.script}`);
+    delete kv.script;
+  }
+
+  // nbdkit's informational modes: answered before a URL is required, as nbdkit does.
+  if (a.V) return { kind: 'version', text: `imageio-nbd ${VERSION}` };
+  if (a['dump-config']) return { kind: 'info', info: 'dump-config' };
+  if (a['dump-plugin']) return { kind: 'info', info: 'dump-plugin', plugin };
+  if (a['long-options']) return { kind: 'info', info: 'long-options' };
+  if (a['short-options']) return { kind: 'info', info: 'short-options' };
+
+  let stats = text(a.stats);
+  if (stats === '' && statsCandidate !== undefined) {
+    // "--stats FILE URL": two URL candidates and the first follows --stats, so it is the file.
+    const urlCount = positionals.length + (kv.url !== undefined ? 1 : 0);
+    const i = positionals.indexOf(statsCandidate);
+    if (urlCount >= 2 && i !== -1) {
+      stats = statsCandidate;
+      positionals.splice(i, 1);
+    }
+  }
+
+  let url: string | undefined;
+  if (positionals.length > 1) {
+    throw new ConfigError(`unexpected argument '${positionals[1]}': only one URL may be given`);
+  }
+  url = positionals[0];
   let isOvirtHost: boolean | undefined;
   for (const [key, value] of Object.entries(kv)) {
     switch (key) {
       case 'url':
-        if (url !== undefined) throw new ConfigError('the URL was given twice (url= and a plain URL)');
+        if (url !== undefined) throw new ConfigError(`the URL was given twice (url= and '${url}')`);
         url = value;
         break;
       case 'size':
       case 'cafile':
-        break;
       case 'insecure':
+        break;
       case 'is_ovirt_host':
-        if (key === 'is_ovirt_host') isOvirtHost = truthy(value);
+        isOvirtHost = truthy(value);
         break;
       default:
         throw new ConfigError(`unknown parameter '${key}=': expected url=, size=, cafile=, insecure=, is_ovirt_host=`);
     }
   }
   if (url === undefined || url === '') {
-    throw new ConfigError('missing URL: give an imageio transfer URL, file:///path or memory:SIZE (see --help)');
+    throw new ConfigError('missing URL: give an imageio transfer URL, a disk image path or memory:SIZE (see --help)');
   }
-  if (!/^(https?:\/\/|file:\/\/|memory:)/.test(url)) {
-    throw new ConfigError(`unsupported URL '${url}': expected https://, http://, file:// or memory:`);
-  }
+  url = normalizeUrl(url);
 
-  const sizeText = (a.size as string | undefined) ?? kv.size;
+  const sizeText = text(a.size) ?? kv.size;
   const size = sizeText !== undefined ? parseSize(sizeText, 'size') : undefined;
   if (size === 0) throw new ConfigError('invalid size 0: the export would be empty');
 
   if (a.D !== undefined) ignored.push(`-D ${([] as unknown[]).concat(a.D).join(' -D ')}`);
-  if (a['selinux-label'] !== undefined) ignored.push(`--selinux-label ${String(a['selinux-label'])}`);
+  if (a['selinux-label'] !== undefined) ignored.push(`--selinux-label ${text(a['selinux-label'])}`);
+  if (a.n) ignored.push('--newstyle (always)');
 
-  const unixOpt = a.U as string | undefined;
-  const portOpt = a.p as number | undefined;
+  const unixOpt = text(a.U);
+  const portOpt = wholeNumber(a.p, '--port', 0, 65535);
+  const hostOpt = text(a.i);
+  const single = Boolean(a.s);
+  const v4 = Boolean(a['4']);
+  const v6 = Boolean(a['6']);
+  const run = text(a.run);
+  if (v4 && v6) throw new ConfigError('-4 and -6 contradict each other');
   if (unixOpt !== undefined && portOpt !== undefined) throw new ConfigError('use either -U/--unix or -p/--port, not both');
   if (unixOpt === '') throw new ConfigError('-U/--unix needs a socket path, or - for a private one');
-  let listen: RunConfig['listen'];
-  if (unixOpt === '-') listen = { privateUnix: true };
-  else if (unixOpt !== undefined) listen = { unix: unixOpt };
-  else if (portOpt === undefined && a.run !== undefined) listen = { privateUnix: true }; // nbdkit: --run implies -U -
-  else listen = { port: positiveInt(portOpt ?? NBD_DEFAULT_PORT, 'port', 0), host: (a.i as string | undefined) ?? '127.0.0.1' };
-  if ('port' in listen && listen.port > 65535) throw new ConfigError(`invalid port ${listen.port}`);
-
-  const requestSize = parseSize((a['request-size'] as string | undefined) ?? '8M', 'request size');
-  if (requestSize > 64 * 2 ** 20) throw new ConfigError('invalid request size: at most 64M');
-  const maxBuffer = parseSize((a['max-buffer'] as string | undefined) ?? '64M', 'max buffer');
-  const coalesceIdle = (a['coalesce-idle'] as number | undefined) ?? 0.01;
-  if (!(coalesceIdle >= 0.001 && coalesceIdle <= 3600)) {
-    throw new ConfigError(`invalid --coalesce-idle ${String(a['coalesce-idle'])}: seconds from 0.001 to 3600`);
+  if (single && (unixOpt !== undefined || portOpt !== undefined || hostOpt !== undefined || run !== undefined)) {
+    throw new ConfigError('-s/--single serves one client on stdin/stdout: it cannot be combined with -U, -p, -i or --run');
   }
+  if (hostOpt !== undefined && ((v4 && net.isIP(hostOpt) === 6) || (v6 && net.isIP(hostOpt) === 4))) {
+    throw new ConfigError(`-i ${hostOpt} is not an IPv${v4 ? 4 : 6} address, but ${v4 ? '-4' : '-6'} was given`);
+  }
+  let listen: ListenConfig;
+  if (single) listen = { stdio: true };
+  else if (unixOpt === '-') listen = { privateUnix: true };
+  else if (unixOpt !== undefined) listen = { unix: unixOpt };
+  else if (portOpt === undefined && hostOpt === undefined && run !== undefined) listen = { privateUnix: true }; // nbdkit: --run implies -U -
+  else listen = { port: portOpt ?? CLI_DEFAULTS.port, host: hostOpt ?? (v6 ? '::1' : CLI_DEFAULTS.host) };
+
+  const requestSize = parseSize(text(a['request-size']) ?? '8M', 'request size');
+  if (requestSize > 64 * 2 ** 20) throw new ConfigError('invalid request size: at most 64M');
+  const maxBuffer = parseSize(text(a['max-buffer']) ?? '64M', 'max buffer');
+  const coalesceIdle = seconds(a['coalesce-idle'], '--coalesce-idle', 0.001, 3600) ?? CLI_DEFAULTS.coalesceIdleSeconds;
   if (requestSize > 0 && maxBuffer < requestSize) {
     throw new ConfigError(`--max-buffer (${maxBuffer}) must be at least --request-size (${requestSize})`);
   }
-  const blockSizeText = a['block-size'] as string | undefined;
+  const blockSizeText = text(a['block-size']);
   const preferredBlockSize = blockSizeText !== undefined ? parseSize(blockSizeText, 'block size') : undefined;
   if (preferredBlockSize !== undefined && (preferredBlockSize < 512 || preferredBlockSize > 32 * 2 ** 20 || (preferredBlockSize & (preferredBlockSize - 1)) !== 0)) {
-    throw new ConfigError('invalid block size: a power of two from 512 to 32M');
+    throw new ConfigError(`invalid block size '${blockSizeText}': a power of two from 512 to 32M`);
   }
 
   let progress: number | undefined;
-  if (a.progress !== undefined) {
-    progress = a.progress === '' ? 5 : Number(a.progress);
-    if (!(progress > 0)) throw new ConfigError(`invalid --progress '${String(a.progress)}': seconds between lines`);
+  const progressText = text(a.progress);
+  if (progressText !== undefined) {
+    progress = progressText === '' ? CLI_DEFAULTS.progressSeconds : seconds(progressText, '--progress', 0.1, 86400);
   }
 
-  const insecure = (a.insecure as boolean | undefined) ?? (kv.insecure !== undefined ? truthy(kv.insecure) : false);
-  const cafile = (a.cafile as string | undefined) ?? kv.cafile;
+  const insecure = Boolean(a.insecure) || (kv.insecure !== undefined ? truthy(kv.insecure) : false);
+  const cafile = text(a.cafile) ?? kv.cafile;
   if (insecure && cafile !== undefined) throw new ConfigError('--cafile and --insecure contradict each other');
-  const unixSocketOpt = a['unix-socket'] as 'auto' | 'never' | undefined;
+  const unixSocketOpt = text(a['unix-socket']);
+  if (unixSocketOpt !== undefined && unixSocketOpt !== 'auto' && unixSocketOpt !== 'never') {
+    throw new ConfigError(`invalid --unix-socket '${unixSocketOpt}': expected auto or never`);
+  }
   // virt-v2v's plugin uses imageio's unix socket only when told it runs on the oVirt host.
   const unixSocket = unixSocketOpt ?? (isOvirtHost === false ? 'never' : 'auto');
+  const logFormat = text(a['log-format']) ?? 'pretty';
+  if (logFormat !== 'pretty' && logFormat !== 'json') {
+    throw new ConfigError(`invalid --log-format '${logFormat}': expected pretty or json`);
+  }
 
   const config: RunConfig = {
     url,
@@ -240,26 +358,27 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     cafile,
     insecure,
     unixSocket,
-    connections: positiveInt(a.connections ?? 4, 'connections'),
+    connections: wholeNumber(a.connections, '--connections', 1) ?? CLI_DEFAULTS.connections,
     requestSize,
     maxBuffer,
     coalesceIdleMs: Math.round(coalesceIdle * 1000),
     preferredBlockSize,
-    connectTimeoutMs: positiveInt(a['connect-timeout'] ?? 10, 'connect timeout') * 1000,
-    requestTimeoutMs: positiveInt(a['request-timeout'] ?? 60, 'request timeout') * 1000,
-    retries: positiveInt(a.retries ?? 3, 'retries', 0),
-    keepAliveMs: Math.round(keepAliveSeconds(a.keepalive) * 1000),
+    connectTimeoutMs: Math.round((seconds(a['connect-timeout'], '--connect-timeout', 0.001, 86400) ?? CLI_DEFAULTS.connectTimeoutSeconds) * 1000),
+    requestTimeoutMs: Math.round((seconds(a['request-timeout'], '--request-timeout', 0.001, 86400) ?? CLI_DEFAULTS.requestTimeoutSeconds) * 1000),
+    retries: wholeNumber(a.retries, '--retries', 0, 100) ?? CLI_DEFAULTS.retries,
+    keepAliveMs: Math.round((seconds(a.keepalive, '--keepalive', 0.1, 86400) ?? CLI_DEFAULTS.keepAliveSeconds) * 1000),
     listen,
     readonly: Boolean(a.r),
-    exportName: (a.e as string | undefined) ?? '',
-    foreground: Boolean(a.f) || a.run !== undefined,
-    run: a.run as string | undefined,
+    exportName: text(a.e) ?? '',
+    // nbdkit: --run, --exit-with-parent and -s all imply --foreground.
+    foreground: Boolean(a.f) || run !== undefined || Boolean(a['exit-with-parent']) || single,
+    run,
     exitWithParent: Boolean(a['exit-with-parent']),
-    pidfile: a.P as string | undefined,
-    threads: positiveInt(a.t ?? 16, 'threads'),
+    pidfile: text(a.P),
+    threads: wholeNumber(a.t, '--threads', 1, 1024) ?? CLI_DEFAULTS.threads,
     verbose: (a.v as number | undefined) ?? 0,
-    logFormat: (a['log-format'] as 'pretty' | 'json' | undefined) ?? 'pretty',
-    stats: a.stats as string | undefined,
+    logFormat,
+    stats,
     progress,
     ignored,
   };

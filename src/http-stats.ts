@@ -1,5 +1,6 @@
-/** Formats the imageio backend's HTTP counters for --stats, after the NBD lines. */
+/** Formats the counters printed by --stats after the NBD lines: HTTP requests, and all of it as JSON records. */
 import type { ImageioHttpStats } from './backends/imageio-backend';
+import type { ExportStack } from './open-export';
 import { formatBytes } from './size';
 
 export function formatHttpStats(s: ImageioHttpStats): string {
@@ -14,4 +15,36 @@ export function formatHttpStats(s: ImageioHttpStats): string {
       `${formatBytes(s.bytesSent)} sent, ${formatBytes(s.bytesReceived)} received`,
   );
   return lines.join('\n') + '\n';
+}
+
+/** --stats with --log-format json: one record per line of the text form, with the numbers as fields. */
+export function statsRecords(
+  stack: ExportStack,
+  processLine: string,
+  ru: NodeJS.ResourceUsage,
+): Array<{ text: string; fields: Record<string, unknown> }> {
+  const out: Array<{ text: string; fields: Record<string, unknown> }> = [];
+  const counters = stack.stats.counters();
+  for (const line of stack.stats.format().split('\n')) {
+    const op = line.slice(0, line.indexOf(':'));
+    const c = op === 'total' ? undefined : counters[op as keyof typeof counters];
+    out.push({
+      text: line,
+      fields: { stats: c ? { kind: 'nbd', op, ops: c.ops, bytes: c.bytes, seconds: Number(c.ns) / 1e9 } : { kind: 'nbd', op } },
+    });
+  }
+  out.push({
+    text: processLine,
+    fields: { stats: { kind: 'process', userSeconds: ru.userCPUTime / 1e6, systemSeconds: ru.systemCPUTime / 1e6, maxRssKiB: ru.maxRSS } },
+  });
+  if (stack.imageio) {
+    const h = stack.imageio.httpStats();
+    const lines = formatHttpStats(h).trimEnd().split('\n');
+    const kinds = Object.entries(h.requests).filter(([, r]) => r.count > 0);
+    kinds.forEach(([kind, r], i) => out.push({ text: lines[i], fields: { stats: { kind: 'http', request: kind, count: r.count, bytes: r.bytes } } }));
+    const { requests: _r, ...summary } = h;
+    out.push({ text: lines[lines.length - 1], fields: { stats: { kind: 'http-summary', ...summary } } });
+  }
+  if (stack.coalesce) out.push({ text: 'coalesce', fields: { stats: { kind: 'coalesce', ...stack.coalesce.stats() } } });
+  return out;
 }

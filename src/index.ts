@@ -6,7 +6,7 @@
 export type { Backend, BlockSize, Capabilities, Extent, WriteFlags, ZeroFlags } from './backend';
 export { EXTENT_HOLE, EXTENT_ZERO, PassthroughLayer } from './backend';
 export * from './errors';
-export { createLogger, silentLogger, type Logger, type LogOptions } from './log';
+export { createLogger, silentLogger, emitRecord, type Logger, type LogOptions, type LogFilter } from './log';
 export { openImageioBackend, ImageioBackend, type ImageioBackendOptions, type ImageioHttpStats } from './backends/imageio-backend';
 export { openFileBackend, FileBackend, type FileBackendOptions } from './backends/file-backend';
 export { MemoryBackend } from './backends/memory-backend';
@@ -14,5 +14,9 @@ export { CoalesceLayer, type CoalesceOptions, type CoalesceStats } from './layer
 export { StatsLayer } from './layers/stats-layer';
 export { NbdServer, type ExportConfig, type ListenAddress, type NbdServerOptions } from './server/nbd-server';
 export { ImageioServer, type ImageioServerOptions } from './imageio-server/imageio-server';
-export { openExport, type ExportStack, type ExportOptions } from './open-export';
-export { parseSize, formatBytes } from './size';
+export { openExport, EXPORT_DEFAULTS, type ExportStack, type ExportOptions } from './open-export';
+export { parseArgs, CLI_DEFAULTS, VERSION, type RunConfig, type ListenConfig, type ParseResult, type InfoKind } from './config';
+export { OPTIONS, type OptionSpec, type OptionGroup } from './cli-options';
+export { FailureJournal, describeRoot, type RecordedFailure } from './failure-report';
+export { ProgressReporter, type ProgressOptions, type ProgressCounters } from './progress';
+export { parseSize, formatBytes, formatSize } from './size';

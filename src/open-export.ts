@@ -1,52 +1,106 @@
 /**
  * Builds the backend stack for a URL, like nbdkit loading a plugin and its filters:
- *   stats -> [coalesce] -> imageio | file | memory
+ *   journal -> stats -> [coalesce] -> [size limit] -> imageio | file | memory
  * Every failure here happens before anything listens, so the CLI can report one clear line.
+ *
+ * Start-up checks for imageio URLs, before and after the backend opens:
+ *   - probeScheme(): an https URL on a plain-HTTP server (or the reverse) is a ConfigError
+ *     naming the scheme to use, without the backend's retries;
+ *   - the export size: a size larger than the transfer is refused (imageio would answer 416
+ *     to every write past its end); a smaller one is served as a prefix.
  */
 import type { Backend } from './backend';
-import type { RunConfig } from './config';
+import { PassthroughLayer } from './backend';
 import type { Logger } from './log';
+import { silentLogger } from './log';
 import { ConfigError } from './errors';
-import { parseSize } from './size';
+import { parseSize, formatSize } from './size';
 import { MemoryBackend } from './backends/memory-backend';
 import { openFileBackend } from './backends/file-backend';
 import type { ImageioBackend } from './backends/imageio-backend';
 import type { CoalesceLayer } from './layers/coalesce-layer';
 import { StatsLayer } from './layers/stats-layer';
+import { FailureJournal } from './failure-report';
+import { probeScheme } from './start-probe';
 
 export interface ExportStack {
   /** The top of the stack: what the NBD server serves. */
-  top: StatsLayer;
+  top: Backend;
+  /** Failed requests, for the one-line summary (see failure-report.ts). */
+  journal: FailureJournal;
   stats: StatsLayer;
   coalesce?: CoalesceLayer;
   imageio?: ImageioBackend;
   /** Preferred NBD request size to advertise. */
   preferredBlockSize: number;
+  /** What is served, for logs: "imageio transfer https://...", "file /x.raw", "memory disk". */
   describe: string;
 }
 
-export type ExportOptions = Pick<
-  RunConfig,
-  | 'url'
-  | 'size'
-  | 'cafile'
-  | 'insecure'
-  | 'unixSocket'
-  | 'connections'
-  | 'requestSize'
-  | 'maxBuffer'
-  | 'coalesceIdleMs'
-  | 'preferredBlockSize'
-  | 'connectTimeoutMs'
-  | 'requestTimeoutMs'
-  | 'retries'
-  | 'readonly'
-> &
-  Partial<Pick<RunConfig, 'keepAliveMs'>>;
+/** What openExport() needs; only `url` is required, the rest default to EXPORT_DEFAULTS. */
+export interface ExportOptions {
+  /** memory:SIZE, file:///path, or an imageio transfer URL https://HOST:54322/images/TICKET (or http://). */
+  url: string;
+  /** Export size; must not exceed the transfer's size (default: the size imageio reports). */
+  size?: number;
+  /** CA file to verify imageio's certificate. */
+  cafile?: string;
+  insecure?: boolean;
+  unixSocket?: 'auto' | 'never';
+  connections?: number;
+  /** Coalesce writes into HTTP requests of this size; 0 turns coalescing off. */
+  requestSize?: number;
+  maxBuffer?: number;
+  coalesceIdleMs?: number;
+  /** Preferred NBD block size to advertise (default 8 MiB for imageio, 4 MiB otherwise). */
+  preferredBlockSize?: number;
+  connectTimeoutMs?: number;
+  requestTimeoutMs?: number;
+  retries?: number;
+  keepAliveMs?: number;
+  readonly?: boolean;
+  /** Check the URL's scheme against the server before opening (default true). */
+  probe?: boolean;
+  /** Told when the server accepts a connection but does not answer for a while. */
+  onWaiting?: (what: string) => void;
+}
 
 const MiB = 2 ** 20;
 
-export async function openExport(opts: ExportOptions, logger: Logger): Promise<ExportStack> {
+/** The defaults openExport() applies, which are also the command's defaults. */
+export const EXPORT_DEFAULTS = {
+  insecure: false,
+  unixSocket: 'auto',
+  connections: 4,
+  requestSize: 8 * MiB,
+  maxBuffer: 64 * MiB,
+  coalesceIdleMs: 10,
+  connectTimeoutMs: 10_000,
+  requestTimeoutMs: 60_000,
+  retries: 3,
+  keepAliveMs: 30_000,
+  readonly: false,
+} as const satisfies Partial<ExportOptions>;
+
+/** Serves a prefix of a larger backend: --size below the transfer's size. */
+class SizeLimit extends PassthroughLayer {
+  constructor(
+    inner: Backend,
+    private readonly limit: number,
+  ) {
+    super(inner);
+  }
+  override size(): number {
+    return this.limit;
+  }
+}
+
+/**
+ * Opens the export `opts.url` and the layers above it. Logs nothing unless given a logger:
+ * every failure to open is thrown (ConfigError for what the user must change).
+ */
+export async function openExport(options: ExportOptions, logger: Logger = silentLogger()): Promise<ExportStack> {
+  const opts = { ...EXPORT_DEFAULTS, ...stripUndefined(options), url: options.url };
   const { url } = opts;
   let base: Backend;
   let imageio: ImageioBackend | undefined;
@@ -55,22 +109,32 @@ export async function openExport(opts: ExportOptions, logger: Logger): Promise<E
     const size = parseSize(url.slice('memory:'.length), 'memory size');
     if (size === 0) throw new ConfigError('memory:SIZE needs a size above 0, e.g. memory:1G');
     base = new MemoryBackend(size, opts.readonly);
-    describe = `memory disk of ${size} bytes`;
-  } else if (url.startsWith('file://')) {
+    describe = 'memory disk';
+  } else if (url.startsWith('file:')) {
     let path: string;
     try {
-      path = decodeURIComponent(new URL(url).pathname);
+      const u = new URL(url);
+      if (u.host !== '' && u.host !== 'localhost') throw new Error('host');
+      path = decodeURIComponent(u.pathname);
     } catch {
-      throw new ConfigError(`invalid file URL '${url}'`);
+      throw new ConfigError(`invalid file URL '${url}': use file:///absolute/path`);
     }
     base = await openFileBackend(path, { readonly: opts.readonly });
     describe = `file ${path}`;
   } else {
+    let parsed: URL | undefined;
+    try {
+      parsed = new URL(url);
+    } catch {
+      /* the backend names the problem */
+    }
+    if (opts.probe !== false && parsed && (parsed.protocol === 'http:' || parsed.protocol === 'https:')) {
+      await probeScheme(parsed, { connectTimeoutMs: opts.connectTimeoutMs, onWaiting: opts.onWaiting });
+    }
     // undici and the HTTP code load only for imageio URLs: start-up time counts in every copy.
     const { openImageioBackend } = require('./backends/imageio-backend') as typeof import('./backends/imageio-backend');
-    imageio = await openImageioBackend({
+    const backendOptions = {
       url,
-      size: opts.size,
       connections: opts.connections,
       cafile: opts.cafile,
       insecure: opts.insecure,
@@ -81,9 +145,28 @@ export async function openExport(opts: ExportOptions, logger: Logger): Promise<E
       retries: opts.retries,
       keepAliveIdleMs: opts.keepAliveMs,
       logger,
-    });
+    };
+    // The size imageio reports is the limit: open without --size to learn it, then compare.
+    try {
+      imageio = await openImageioBackend(backendOptions);
+    } catch (err) {
+      // A server that reports no size at all can still be used with an explicit size.
+      if (!(err instanceof ConfigError) || opts.size === undefined) throw err;
+      imageio = await openImageioBackend({ ...backendOptions, size: opts.size });
+    }
     base = imageio;
     describe = `imageio transfer ${url}`;
+  }
+
+  if (opts.size !== undefined && opts.size !== base.size()) {
+    if (opts.size > base.size()) {
+      await base.close().catch(() => undefined);
+      throw new ConfigError(
+        `--size ${formatSize(opts.size)} is larger than the ${imageio ? 'transfer' : 'disk'} (${formatSize(base.size())}): ` +
+          `writes past its end would fail; leave --size out or make it at most ${base.size()}`,
+      );
+    }
+    base = new SizeLimit(base, opts.size);
   }
 
   let coalesce: CoalesceLayer | undefined;
@@ -102,6 +185,11 @@ export async function openExport(opts: ExportOptions, logger: Logger): Promise<E
     inner = coalesce;
   }
   const stats = new StatsLayer(inner);
+  const journal = new FailureJournal(stats);
   const preferredBlockSize = opts.preferredBlockSize ?? (imageio ? 8 * MiB : 4 * MiB);
-  return { top: stats, stats, coalesce, imageio, preferredBlockSize, describe };
+  return { top: journal, journal, stats, coalesce, imageio, preferredBlockSize, describe };
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }

@@ -41,3 +41,16 @@ export function formatBytes(n: number): string {
   }
   return i === 0 ? `${n} bytes` : `${v.toFixed(2)} ${units[i]}`;
 }
+
+/** "8 MiB", "1.5 GiB", "1000 bytes": the shortest exact-enough form, for one-line messages. */
+export function formatSize(n: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  if (i === 0) return `${n} bytes`;
+  return `${Number(v.toFixed(2))} ${units[i]}`;
+}

@@ -12,22 +12,16 @@ import {
   compareFiles,
   existsSync,
   isAlive,
-  killAll,
   makePki,
-  makeSource,
   MiB,
   runCli,
   socketAccepts,
   spawnCli,
   spawnTracked,
-  startImageio,
-  tmpDir,
   trackPid,
   waitFor,
   waitForFile,
   type StartImageioOptions,
-  type TestImageio,
-  type TmpDir,
   e2eSuite,
   waitAllClosed,
 } from './helpers/cli';
@@ -297,21 +291,29 @@ describe('output', () => {
     expect(existsSync('memory:1M')).toBe(false);
   });
 
-  test('--progress 1 prints progress lines while serving', async () => {
+  test('--progress 1 prints progress lines while serving, then a final line', async () => {
     const r = await runCli(['--progress', '1', '--run', 'sleep 2.6', 'memory:1M']);
     expect(r.code).toBe(0);
     const lines = nonEmpty(r.stderr);
-    expect(lines.length).toBeGreaterThanOrEqual(1);
-    for (const l of lines) expect(l).toMatch(/^progress: written [\d.]+ \w+, zeroed [\d.]+ \w+, [\d.]+% of 1\.00 MiB, [\d.]+ [\w ]*\/s$/);
+    expect(lines.length).toBeGreaterThanOrEqual(2);
+    for (const l of lines.slice(0, -1)) {
+      expect(l).toMatch(/^progress: [\d.]+% of 1 MiB \(written [\d.]+ \w+, zeroed [\d.]+ \w+, read [\d.]+ \w+\), [\d.]+ s, [\d.]+ [\w ]*\/s, ETA (\?|[\d.]+ s)$/);
+    }
+    expect(lines.at(-1)).toMatch(/^progress: done: 0\.0% of 1 MiB \(written 0 bytes, zeroed 0 bytes, read 0 bytes\) in [\d.]+ s, 0 bytes\/s$/);
   });
 
   test('-v gives one debug line per request (NBD and HTTP)', async () => {
     const s = await imageio();
     const r = await runCli(['-v', '--request-size', '0', '--run', '/usr/bin/python3 -m nbd -u "$uri" -c "h.pwrite(b\\"x\\" * 4096, 8192); h.flush()"', s.url]);
     expect(r.code).toBe(0);
-    expect(r.stderr).toMatch(/DEBUG: request .*"cmd":"write".*"offset":8192,"length":4096/);
-    expect(r.stderr).toMatch(/DEBUG: imageio request .*"method":"PUT","op":"write","offset":8192,"length":4096.*"status":200/);
-    expect(r.stderr).toMatch(/DEBUG: imageio request .*"method":"PATCH","op":"flush"/);
+    expect(r.stderr).toMatch(/DEBUG: request .*cmd=write .*offset=8192 length=4096/);
+    expect(r.stderr).toMatch(/DEBUG: imageio request method=PUT op=write offset=8192 length=4096 .*status=200/);
+    expect(r.stderr).toMatch(/DEBUG: imageio request method=PATCH op=flush/);
+    // One line per event, and no path quoted twice.
+    for (const l of nonEmpty(r.stderr)) expect(l).toMatch(/^\[\d\d:\d\d:\d\d\.\d{3}\] (TRACE|DEBUG|INFO|WARN|ERROR): /);
+    expect(r.stderr).not.toContain('\\"');
+    // The size is said once (the backend's "ready" line), not again by every layer.
+    expect(nonEmpty(r.stderr).filter((l) => l.includes(String(SIZE)) || l.includes('32 MiB'))).toHaveLength(1);
   });
 
   test('--log-format json: every stderr line is JSON, also a start failure', async () => {

@@ -1,4 +1,8 @@
 import { parseArgs, type RunConfig } from '../src/config';
+import { longOptionNames, shortOptionNames } from '../src/cli-options';
+import { EXPORT_DEFAULTS } from '../src/open-export';
+import * as lib from '../src';
+import type { ExportOptions, ListenConfig, OptionSpec, RunConfig as LibRunConfig } from '../src';
 import { parseSize } from '../src/size';
 import { ConfigError } from '../src/errors';
 
@@ -91,6 +95,109 @@ describe('parseArgs', () => {
       }
     }
     expect((await parseArgs(['-V'])).kind).toBe('version');
+  });
+
+  test("nbdkit's spellings of the same options", async () => {
+    const c = await cfg(['--read-only', '--pid-file', '/tmp/p', '--no-fork', '--export-name', 'x', '--ip-addr', '127.0.0.1', 'memory:1M']);
+    expect(c).toMatchObject({ readonly: true, pidfile: '/tmp/p', foreground: true, exportName: 'x', listen: { port: 10809, host: '127.0.0.1' } });
+    expect((await cfg(['--export', 'y', 'memory:1M'])).exportName).toBe('y');
+    expect((await cfg(['-n', '--new-style', 'memory:1M'])).ignored).toContain('--newstyle (always)');
+  });
+
+  test('--exit-with-parent implies --foreground, as in nbdkit', async () => {
+    expect((await cfg(['--exit-with-parent', '-U', '/tmp/s', 'memory:1M'])).foreground).toBe(true);
+  });
+
+  test('-4 and -6 pick the default address; a contradicting -i is refused', async () => {
+    expect((await cfg(['-4', 'memory:1M'])).listen).toEqual({ port: 10809, host: '127.0.0.1' });
+    expect((await cfg(['-6', 'memory:1M'])).listen).toEqual({ port: 10809, host: '::1' });
+    await expect(parseArgs(['-6', '-i', '127.0.0.1', 'memory:1M'])).rejects.toThrow(/-i 127\.0\.0\.1 is not an IPv6 address/);
+    await expect(parseArgs(['-4', '-i', '::1', 'memory:1M'])).rejects.toThrow(/not an IPv4 address/);
+    await expect(parseArgs(['-4', '-6', 'memory:1M'])).rejects.toThrow(/contradict/);
+  });
+
+  test('-s/--single/--stdin serve stdin/stdout in the foreground, alone', async () => {
+    for (const flag of ['-s', '--single', '--stdin']) {
+      const c = await cfg([flag, 'memory:1M']);
+      expect(c.listen).toEqual({ stdio: true });
+      expect(c.foreground).toBe(true);
+    }
+    await expect(parseArgs(['-s', '-U', '/tmp/s', 'memory:1M'])).rejects.toThrow(/-s\/--single .* cannot be combined/);
+    await expect(parseArgs(['-s', '--run', 'true', 'memory:1M'])).rejects.toThrow(/cannot be combined/);
+  });
+
+  test('unsupported nbdkit options are refused with a reason', async () => {
+    await expect(parseArgs(['--tls=on', 'memory:1M'])).rejects.toThrow(/--tls is not supported by imageio-nbd: NBD over TLS/);
+    await expect(parseArgs(['--filter', 'cache', 'memory:1M'])).rejects.toThrow(/--filter is not supported/);
+    await expect(parseArgs(['-o', 'memory:1M'])).rejects.toThrow(/--oldstyle is not supported/);
+  });
+
+  test('numbers echo what was typed; every seconds option takes fractions', async () => {
+    await expect(parseArgs(['--connections', 'two', 'memory:1M'])).rejects.toThrow("invalid --connections 'two': expected a whole number >= 1");
+    await expect(parseArgs(['-p', 'abc', 'memory:1M'])).rejects.toThrow("invalid --port 'abc': expected a whole number from 0 to 65535");
+    await expect(parseArgs(['-t', '1.5', 'memory:1M'])).rejects.toThrow("invalid --threads '1.5'");
+    await expect(parseArgs(['--retries', 'x', 'memory:1M'])).rejects.toThrow("invalid --retries 'x'");
+    await expect(parseArgs(['--connect-timeout', 'soon', 'memory:1M'])).rejects.toThrow("invalid --connect-timeout 'soon': expected seconds");
+    const c = await cfg(['--connect-timeout', '0.5', '--request-timeout', '2.5', '--keepalive', '0.25', '--coalesce-idle', '.05', '--progress', '0.5', 'memory:1M']);
+    expect(c).toMatchObject({ connectTimeoutMs: 500, requestTimeoutMs: 2500, keepAliveMs: 250, coalesceIdleMs: 50, progress: 0.5 });
+  });
+
+  test('a plain path is a file export; file:// needs an absolute path', async () => {
+    expect((await cfg(['disk.raw'])).url).toBe(`file://${process.cwd()}/disk.raw`);
+    expect((await cfg(['/var/tmp/a b.raw'])).url).toBe('file:///var/tmp/a%20b.raw');
+    expect((await cfg(['file:///var/tmp/x.raw'])).url).toBe('file:///var/tmp/x.raw');
+    await expect(parseArgs(['file://rel.raw'])).rejects.toThrow(/file:\/\/\/absolute\/path \(three slashes\); or give the path itself \(rel\.raw\)/);
+  });
+
+  test('--stats FILE URL, --stats URL, --stats=FILE', async () => {
+    expect((await cfg(['--stats', '/tmp/s.txt', 'memory:1M'])).stats).toBe('/tmp/s.txt');
+    expect((await cfg(['--stats', 'memory:1M'])).stats).toBe('');
+    expect((await cfg(['--stats', 'disk.raw'])).url).toMatch(/disk\.raw$/);
+    expect((await cfg(['--stats', '/tmp/s.txt', 'url=memory:1M'])).stats).toBe('/tmp/s.txt');
+    expect((await cfg(['memory:1M', '--stats', '/tmp/s.txt'])).stats).toBe('/tmp/s.txt');
+  });
+
+  test("virt-v2v 2.x's script= parameter is ignored like the plugin name", async () => {
+    const c = await cfg(['python', 'script=/tmp/v2v/rhv-upload-plugin.py', 'size=1024', 'url=http://h/images/T']);
+    expect(c.url).toBe('http://h/images/T');
+    expect(c.ignored).toContain('script=/tmp/v2v/rhv-upload-plugin.py');
+  });
+
+  test("nbdkit's informational modes need no URL", async () => {
+    expect(await parseArgs(['--dump-config'])).toEqual({ kind: 'info', info: 'dump-config' });
+    expect(await parseArgs(['python', '/tmp/x/rhv-upload-plugin.py', '--dump-plugin'])).toEqual({ kind: 'info', info: 'dump-plugin', plugin: 'python' });
+    expect(await parseArgs(['--long-options'])).toEqual({ kind: 'info', info: 'long-options' });
+    expect(await parseArgs(['--short-options'])).toEqual({ kind: 'info', info: 'short-options' });
+    expect((await parseArgs(['--version'])).kind).toBe('version');
+  });
+
+  test('every listed long and short option parses', async () => {
+    const needsValue: Record<string, string> = { unix: '/tmp/s', 'unix-socket': 'auto', 'log-format': 'json', port: '1', ipaddr: '127.0.0.1' };
+    for (const name of longOptionNames()) {
+      if (['help', 'version', 'dump-config', 'dump-plugin', 'long-options', 'short-options'].includes(name)) continue;
+      const args = [`--${name}`];
+      const r = await parseArgs([...args, ...(needsValue[name] ? [needsValue[name]] : []), 'memory:1M']).catch((e: Error) => e);
+      // Only combinations are refused here (e.g. -s with nothing else is fine); never "unknown".
+      if (r instanceof Error) expect(r.message).not.toMatch(/Unknown|unknown/);
+    }
+    expect(shortOptionNames()).toEqual(expect.arrayContaining(['U', 'p', 'i', '4', '6', 's', 'f', 'P', 'r', 'e', 't', 'n', 'v', 'V', 'D', 'h']));
+  });
+
+  test("the command's defaults are the library's (EXPORT_DEFAULTS)", async () => {
+    const c = await cfg(['memory:1M']);
+    for (const [k, v] of Object.entries(EXPORT_DEFAULTS)) expect({ [k]: c[k as keyof RunConfig] }).toEqual({ [k]: v });
+  });
+
+  test('the library exports the defaults, parseArgs, RunConfig and the option types', async () => {
+    expect(lib.EXPORT_DEFAULTS).toBe(EXPORT_DEFAULTS);
+    expect(lib.CLI_DEFAULTS.connections).toBe(EXPORT_DEFAULTS.connections);
+    expect(lib.OPTIONS.length).toBeGreaterThan(30);
+    const opts: ExportOptions = { url: 'memory:1M' }; // every other field is optional
+    const listen: ListenConfig = { stdio: true };
+    const spec: OptionSpec = lib.OPTIONS[0];
+    const r = await lib.parseArgs(['memory:1M']);
+    const c: LibRunConfig | undefined = r.kind === 'run' ? r.config : undefined;
+    expect([opts.url, 'stdio' in listen, spec.name, c?.url]).toEqual(['memory:1M', true, 'unix', 'memory:1M']);
   });
 
   test('imageio-server subcommand passes its arguments through', async () => {

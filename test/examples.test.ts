@@ -4,18 +4,16 @@
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import net from 'node:net';
 import {
+  commandEnv,
   compareFiles,
-  killAll,
   makeSource,
   MiB,
   ROOT,
   spawnTracked,
-  startImageio,
-  tmpDir,
   type StartImageioOptions,
   type TestImageio,
-  type TmpDir,
   e2eSuite,
   waitAllClosed,
 } from './helpers/cli';
@@ -26,13 +24,18 @@ const SIZE = 32 * MiB;
 const suite = e2eSuite({ name: 'examples', size: SIZE, seed: 11 });
 const imageio = (opts: Partial<StartImageioOptions> = {}) => suite.imageio(opts);
 
-async function example(args: string[], env: NodeJS.ProcessEnv = {}) {
+/** Runs an example as a user would after installing: `imageio-nbd` on PATH. */
+function exampleProcess(args: string[], env: NodeJS.ProcessEnv = {}) {
   const [script, ...rest] = args;
-  const p = script.endsWith('.ts')
-    ? spawnTracked(path.join(ROOT, 'node_modules', '.bin', 'tsx'), [path.join(ROOT, 'examples', script), ...rest], { env: { ...process.env, ...env } })
-    : spawnTracked('bash', [path.join(ROOT, 'examples', script), ...rest], { env: { ...process.env, ...env } });
-  const r = await p.exited;
-  if (r.code !== 0) throw new Error(`${script} exited ${r.code ?? r.signal}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+  const e = commandEnv(suite.dir, { env: { ...process.env, ...env } });
+  return script.endsWith('.ts')
+    ? spawnTracked(path.join(ROOT, 'node_modules', '.bin', 'tsx'), [path.join(ROOT, 'examples', script), ...rest], { env: e })
+    : spawnTracked('bash', [path.join(ROOT, 'examples', script), ...rest], { env: e });
+}
+
+async function example(args: string[], env: NodeJS.ProcessEnv = {}) {
+  const r = await exampleProcess(args, env).exited;
+  if (r.code !== 0) throw new Error(`${args[0]} exited ${r.code ?? r.signal}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
   return r;
 }
 
@@ -100,4 +103,30 @@ test('library.ts URL: backend I/O, then the same bytes through NBD', async () =>
   const img = readFileSync(s.image);
   expect(img.subarray(MiB, MiB + 22).toString()).toBe('hello from imageio-nbd');
   await waitAllClosed(s.server);
+});
+
+test.each(['upload-qemu-img.sh', 'nbdcopy-from-nbdkit.sh', 'virt-v2v-style.sh', 'backup-download.sh', 'library.ts'])(
+  '%s without arguments prints a usage line',
+  async (script) => {
+    const r = await exampleProcess([script]).exited;
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^usage: \S*(npx tsx )?\S*examples\/\S+ [A-Z]/)]);
+  },
+);
+
+test('virt-v2v-style.sh stops waiting as soon as imageio-nbd has exited', async () => {
+  // A port nothing listens on: imageio-nbd fails to start within a second or two.
+  const port = await new Promise<number>((resolve) => {
+    const srv = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(p));
+    });
+  });
+  const t0 = Date.now();
+  const r = await exampleProcess(['virt-v2v-style.sh', suite.source, `http://127.0.0.1:${port}/images/t`]).exited;
+  expect(r.code).toBe(1);
+  expect(Date.now() - t0).toBeLessThan(15000); // not the 30 s of waiting for a pidfile
+  expect(r.stderr).toMatch(/^imageio-nbd: cannot open the transfer: imageio refused connection 0 for OPTIONS \(ECONNREFUSED\)/m);
+  expect(r.stderr).toMatch(/^imageio-nbd exited \(status 1\) before it was ready$/m);
 });

@@ -82,6 +82,11 @@ export class NbdServer extends EventEmitter {
     });
   }
 
+  /** Serves a socket that is already connected (nbdkit -s: stdin/stdout); 'disconnect' tells when it is done. */
+  serveSocket(socket: net.Socket): void {
+    this.accept(socket);
+  }
+
   /** Stop accepting; let every connection finish its outstanding requests, then close. */
   close(): Promise<void> {
     if (!this.closing) {

@@ -417,3 +417,17 @@ export function e2eSuite(opts: { name: string; size: number; seed: number; image
     },
   };
 }
+
+/**
+ * A directory to put first on PATH with `imageio-nbd` (this checkout's command, as an install
+ * would provide it) and, when asked, `nbdkit` as examples/nbdkit-shim.sh. Returns the env.
+ */
+export function commandEnv(dir: TmpDir, opts: { shim?: boolean; env?: NodeJS.ProcessEnv } = {}): NodeJS.ProcessEnv {
+  const bin = dir.file('bin');
+  execFileSync('mkdir', ['-p', bin]);
+  execFileSync('ln', ['-sf', CLI, path.join(bin, 'imageio-nbd')]);
+  if (opts.shim) execFileSync('ln', ['-sf', path.join(ROOT, 'examples', 'nbdkit-shim.sh'), path.join(bin, 'nbdkit')]);
+  const base = opts.env ?? process.env;
+  // The node running the tests (Node 24) must be the one `#!/usr/bin/env node` finds.
+  return { ...base, PATH: `${bin}:${path.dirname(process.execPath)}:${base.PATH ?? ''}` };
+}

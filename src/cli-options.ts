@@ -1,0 +1,127 @@
+/**
+ * Every command-line option in one table: the parser (config.ts), --help, nbdkit's
+ * --long-options/--short-options and the README's options tables are all made from it, so
+ * they cannot drift apart. To add an option, add a row here and read it in config.ts.
+ */
+
+export type OptionGroup = 'nbdkit' | 'imageio' | 'output';
+
+export interface OptionSpec {
+  /** Canonical long name, without dashes. */
+  name: string;
+  /** One-letter form, without the dash. */
+  short?: string;
+  /** Other long spellings (nbdkit's), without dashes. */
+  aliases?: string[];
+  /** 'string': takes a value; 'flag': no value; 'count': repeatable flag (-vv). */
+  type: 'string' | 'flag' | 'count';
+  /** Name of the value in --help: SOCKET, PORT... */
+  arg?: string;
+  /** The value may be left out (--stats, --progress); arg is then shown as [=ARG]. */
+  optionalValue?: boolean;
+  group: OptionGroup;
+  /** One line, shown as it is by --help and in the README. */
+  describe: string;
+}
+
+export const OPTIONS: readonly OptionSpec[] = [
+  // nbdkit's options, with nbdkit's meaning and spellings.
+  { name: 'unix', short: 'U', type: 'string', arg: 'SOCKET', group: 'nbdkit', describe: 'Listen on a unix socket ("-": a private one in a temporary directory, implied by --run)' },
+  { name: 'port', short: 'p', type: 'string', arg: 'PORT', group: 'nbdkit', describe: 'Listen on this TCP port (default 10809 when there is no -U)' },
+  { name: 'ipaddr', short: 'i', aliases: ['ip-addr'], type: 'string', arg: 'ADDR', group: 'nbdkit', describe: 'Listen on this address (default 127.0.0.1; ::1 with -6)' },
+  { name: 'ipv4-only', short: '4', type: 'flag', group: 'nbdkit', describe: 'Listen on IPv4 only' },
+  { name: 'ipv6-only', short: '6', type: 'flag', group: 'nbdkit', describe: 'Listen on IPv6 only' },
+  { name: 'single', short: 's', aliases: ['stdin'], type: 'flag', group: 'nbdkit', describe: 'Serve one client on stdin/stdout, then exit (implies --foreground)' },
+  { name: 'foreground', short: 'f', aliases: ['no-fork'], type: 'flag', group: 'nbdkit', describe: 'Stay in the foreground; without it the command detaches once listening' },
+  { name: 'run', type: 'string', arg: 'CMD', group: 'nbdkit', describe: 'Captive mode: run CMD with $uri $nbd $unixsocket $port $exportname set; flush, exit with its status' },
+  { name: 'exit-with-parent', type: 'flag', group: 'nbdkit', describe: 'Exit (flushing first) when the parent process exits; implies --foreground' },
+  { name: 'pidfile', short: 'P', aliases: ['pid-file'], type: 'string', arg: 'FILE', group: 'nbdkit', describe: 'Write the process id to FILE once the socket listens' },
+  { name: 'readonly', short: 'r', aliases: ['read-only'], type: 'flag', group: 'nbdkit', describe: 'Serve the export read-only' },
+  { name: 'exportname', short: 'e', aliases: ['export-name', 'export'], type: 'string', arg: 'NAME', group: 'nbdkit', describe: 'Export name (default "")' },
+  { name: 'threads', short: 't', type: 'string', arg: 'N', group: 'nbdkit', describe: 'Requests served at once per NBD connection (default 16)' },
+  { name: 'newstyle', short: 'n', aliases: ['new-style'], type: 'flag', group: 'nbdkit', describe: 'Fixed newstyle protocol: always on' },
+  { name: 'verbose', short: 'v', type: 'count', group: 'nbdkit', describe: 'Debug: one line per NBD and HTTP request, the cause chain of failures (-vv: trace)' },
+  { name: 'version', short: 'V', type: 'flag', group: 'nbdkit', describe: 'Print the version and exit' },
+  { name: 'help', short: 'h', type: 'flag', group: 'nbdkit', describe: 'Print this help and exit' },
+  { name: 'dump-config', type: 'flag', group: 'nbdkit', describe: 'Print nbdkit-style key=value facts (version= is the nbdkit release emulated) and exit' },
+  { name: 'dump-plugin', type: 'flag', group: 'nbdkit', describe: 'Print nbdkit-style plugin facts and exit' },
+  { name: 'long-options', type: 'flag', group: 'nbdkit', describe: 'List the long options, one a line, and exit' },
+  { name: 'short-options', type: 'flag', group: 'nbdkit', describe: 'List the short options, one a line, and exit' },
+  { name: 'debug', short: 'D', type: 'string', arg: 'FLAG', group: 'nbdkit', describe: 'nbdkit debug flag: accepted and ignored' },
+  { name: 'selinux-label', type: 'string', arg: 'LABEL', group: 'nbdkit', describe: 'Accepted and ignored (the socket keeps the label of its directory)' },
+
+  // Talking to imageio.
+  { name: 'cafile', type: 'string', arg: 'FILE', group: 'imageio', describe: "Verify imageio's certificate with the CA(s) in FILE (default: the system CAs)" },
+  { name: 'insecure', type: 'flag', group: 'imageio', describe: "Do not verify imageio's certificate" },
+  { name: 'unix-socket', type: 'string', arg: 'auto|never', group: 'imageio', describe: "Use imageio's local unix socket when it offers one and it answers (default auto)" },
+  { name: 'connections', type: 'string', arg: 'N', group: 'imageio', describe: "HTTP connections in the pool (default 4, capped by imageio's max_readers/max_writers)" },
+  { name: 'request-size', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Merge writes into HTTP requests of this size (default 8M; 0: off)' },
+  { name: 'max-buffer', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Bound on write data buffered or in flight (default 64M)' },
+  { name: 'coalesce-idle', type: 'string', arg: 'S', group: 'imageio', describe: 'Send a partly filled request after S seconds without new writes to it (default 0.01)' },
+  { name: 'size', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Export size, at most the transfer size (default: the size imageio reports)' },
+  { name: 'block-size', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Preferred block size advertised to NBD clients (default 8M for imageio, 4M otherwise)' },
+  { name: 'connect-timeout', type: 'string', arg: 'S', group: 'imageio', describe: 'Seconds to wait for an HTTP connection (default 10)' },
+  { name: 'request-timeout', type: 'string', arg: 'S', group: 'imageio', describe: 'Seconds to wait for an HTTP response (default 60)' },
+  { name: 'retries', type: 'string', arg: 'N', group: 'imageio', describe: 'Retries of an idempotent HTTP request after a connection error or 5xx (default 3)' },
+  { name: 'keepalive', type: 'string', arg: 'S', group: 'imageio', describe: 'Keep-alive request on HTTP connections idle S seconds (default 30; imageio closes them at 60)' },
+
+  // What the command prints.
+  { name: 'stats', type: 'string', arg: 'FILE', optionalValue: true, group: 'output', describe: 'At exit: nbdkit stats-filter lines, http and process lines, on stderr or in FILE (--stats FILE works too)' },
+  { name: 'progress', type: 'string', arg: 'N', optionalValue: true, group: 'output', describe: 'Progress every N seconds (default 5) on stderr: done, rate, ETA, and a final line' },
+  { name: 'log-format', type: 'string', arg: 'pretty|json', group: 'output', describe: 'Log lines on stderr; json also makes progress and stats JSON lines (default pretty)' },
+];
+
+/**
+ * nbdkit options imageio-nbd does not implement: accepted by the parser only to say so in one
+ * clear line, instead of "unknown argument".
+ */
+export const UNSUPPORTED_NBDKIT_OPTIONS: ReadonlyArray<{ name: string; short?: string; takesValue: boolean; why: string }> = [
+  { name: 'filter', takesValue: true, why: 'imageio-nbd has its own layers (coalescing, stats) and loads no nbdkit filters' },
+  { name: 'tls', takesValue: true, why: 'NBD over TLS is not implemented: serve on a unix socket (-U) or on 127.0.0.1' },
+  { name: 'tls-certificates', takesValue: true, why: 'NBD over TLS is not implemented' },
+  { name: 'tls-psk', takesValue: true, why: 'NBD over TLS is not implemented' },
+  { name: 'tls-verify-peer', takesValue: false, why: 'NBD over TLS is not implemented' },
+  { name: 'oldstyle', short: 'o', takesValue: false, why: 'only the fixed newstyle protocol is served' },
+  { name: 'old-style', takesValue: false, why: 'only the fixed newstyle protocol is served' },
+  { name: 'no-sr', takesValue: false, why: 'structured replies cannot be turned off' },
+  { name: 'mask-handshake', takesValue: true, why: 'the handshake flags are fixed' },
+  { name: 'vsock', takesValue: false, why: 'AF_VSOCK is not available to Node.js' },
+  { name: 'swap', takesValue: false, why: 'swap mode is not implemented' },
+  { name: 'user', short: 'u', takesValue: true, why: 'run it as that user instead (e.g. with runuser)' },
+  { name: 'group', short: 'g', takesValue: true, why: 'run it as that group instead (e.g. with runuser -g)' },
+  { name: 'log', takesValue: true, why: 'logs always go to stderr (see --log-format)' },
+];
+
+export const GROUP_TITLES: Record<OptionGroup, string> = {
+  nbdkit: "nbdkit's options (nbdkit's meaning):",
+  imageio: 'imageio options:',
+  output: 'output options:',
+};
+
+/** "-U, --unix SOCKET", "--stats[=FILE]", "-f, --foreground, --no-fork": how --help names an option. */
+export function optionLabel(o: OptionSpec): string {
+  const names = [...(o.short ? [`-${o.short}`] : []), `--${o.name}`, ...(o.aliases ?? []).map((a) => `--${a}`)];
+  let label = names.join(', ');
+  if (o.arg) label += o.optionalValue ? `[=${o.arg}]` : ` ${o.arg}`;
+  return label;
+}
+
+/** The virt-v2v plugin parameters, as --help and the README list them. */
+export const PLUGIN_PARAMETERS: ReadonlyArray<{ label: string; describe: string }> = [
+  { label: 'url=URL', describe: 'The transfer URL (the same as giving URL)' },
+  { label: 'size=SIZE', describe: 'Export size (as --size)' },
+  { label: 'cafile=FILE', describe: 'As --cafile' },
+  { label: 'insecure=true', describe: 'As --insecure' },
+  { label: 'is_ovirt_host=true|false', describe: "false: never use imageio's unix socket (as --unix-socket never)" },
+  { label: 'script=FILE.py, python, FILE.py', describe: "virt-v2v's plugin name and script: accepted and ignored" },
+];
+
+/** All long options the parser accepts, in table order (nbdkit's --long-options). */
+export function longOptionNames(): string[] {
+  return OPTIONS.flatMap((o) => [o.name, ...(o.aliases ?? [])]);
+}
+
+/** All short options the parser accepts (nbdkit's --short-options). */
+export function shortOptionNames(): string[] {
+  return OPTIONS.filter((o) => o.short).map((o) => o.short!);
+}

@@ -1,0 +1,61 @@
+/**
+ * The other ways to install from source: npm ci --omit=dev in a fresh clone, and npm pack of a
+ * git URL (what the README gives for git). Beside package.test.ts so that jest runs them in
+ * parallel: each spends most of its time in npm.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { e2eSuite, MiB, ROOT } from './helpers/cli';
+import { run } from './helpers/run';
+
+const suite = e2eSuite({ name: 'package-source', size: MiB, seed: 52 });
+const lines = (s: string) => s.split('\n').filter((l) => l.trim() !== '');
+
+/** This checkout as a fresh clone would have it: the files git knows of, no node_modules or dist/. */
+function freshClone(dir: string): string {
+  mkdirSync(dir, { recursive: true });
+  const files = execFileSync('git', ['ls-files', '-co', '--exclude-standard', '-z'], { cwd: ROOT })
+    .toString()
+    .split('\0')
+    .filter((f) => f !== '' && existsSync(path.join(ROOT, f)) && !f.startsWith('.tools'));
+  execFileSync('tar', ['-cf', path.join(dir, '..', 'clone.tar'), '--null', '-T', '-'], { cwd: ROOT, input: files.join('\0') });
+  execFileSync('tar', ['-xf', path.join(dir, '..', 'clone.tar')], { cwd: dir });
+  return dir;
+}
+
+/** npm with the Node.js running the tests first on PATH. */
+async function npm(args: string[], cwd: string, timeoutMs = 300000) {
+  const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${path.dirname(process.execPath)}:${process.env.PATH ?? ''}` };
+  for (const k of Object.keys(env)) if (k.startsWith('npm_')) delete env[k];
+  const r = await run('npm', [...args, '--no-audit', '--no-fund', '--prefer-offline'], { cwd, env, timeoutMs });
+  if (r.code !== 0) throw new Error(`npm ${args.join(' ')} exited ${r.code}\n${r.stdout}\n${r.stderr}`);
+  return r;
+}
+
+jest.setTimeout(600000);
+
+test('npm ci --omit=dev in a fresh clone builds dist/, leaves no TypeScript, and the command runs', async () => {
+  const clone = freshClone(suite.dir.file('clone'));
+  await npm(['ci', '--omit=dev'], clone);
+  expect(existsSync(path.join(clone, 'dist', 'src', 'cli.js'))).toBe(true);
+  expect(existsSync(path.join(clone, 'node_modules', 'typescript'))).toBe(false);
+  const r = await run(process.execPath, [path.join(clone, 'bin', 'imageio-nbd.js'), '--run', 'nbdinfo --size "$uri"', 'memory:1M']);
+  expect({ code: r.code, stdout: r.stdout, stderr: r.stderr }).toEqual({ code: 0, stdout: `${MiB}\n`, stderr: '' });
+});
+
+test('npm pack of a git URL (the README way to install from git)', async () => {
+  const clone = freshClone(suite.dir.file('git'));
+  const git = (...a: string[]) => execFileSync('git', ['-c', 'user.email=t@example.com', '-c', 'user.name=t', ...a], { cwd: clone });
+  git('init', '-q');
+  git('add', '-A');
+  git('commit', '-qm', 'snapshot');
+  const out = suite.dir.file('out');
+  mkdirSync(out);
+  await npm(['pack', `git+file://${clone}`], out);
+  const tgz = readdirSync(out).find((f) => f.endsWith('.tgz'))!;
+  const entries = lines(execFileSync('tar', ['-tzf', path.join(out, tgz)]).toString());
+  expect(entries).toContain('package/dist/src/cli.js');
+  expect(entries).toContain('package/bin/imageio-nbd.js');
+});
+
