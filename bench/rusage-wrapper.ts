@@ -21,5 +21,4 @@ process.on('exit', () => {
 });
 const resolved = path.resolve(script);
 process.argv = [process.argv[0], resolved, ...rest];
-// eslint-disable-next-line @typescript-eslint/no-require-imports
 require(resolved);

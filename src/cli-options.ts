@@ -61,8 +61,10 @@ export const OPTIONS: readonly OptionSpec[] = [
   { name: 'size', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Export size, at most the transfer size (default: the size imageio reports)' },
   { name: 'block-size', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Preferred block size advertised to NBD clients (default 8M for imageio, 4M otherwise)' },
   { name: 'connect-timeout', type: 'string', arg: 'S', group: 'imageio', describe: 'Seconds to wait for an HTTP connection (default 10)' },
-  { name: 'request-timeout', type: 'string', arg: 'S', group: 'imageio', describe: 'Seconds to wait for an HTTP response (default 60)' },
-  { name: 'retries', type: 'string', arg: 'N', group: 'imageio', describe: 'Retries of an idempotent HTTP request after a connection error or 5xx (default 3)' },
+  { name: 'request-timeout', type: 'string', arg: 'S', group: 'imageio', describe: 'Deadline of one HTTP request, headers and body, in seconds; data requests get more for their bytes at --min-rate (default 60)' },
+  { name: 'min-rate', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Slowest rate per second tolerated for request and response bodies: a request may take --request-timeout plus its size at this rate (default 1M)' },
+  { name: 'max-memory', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Bound on all data held in memory: NBD writes being received or waiting, buffered and in-flight writes, read replies (default 256M)' },
+  { name: 'retries', type: 'string', arg: 'N', group: 'imageio', describe: 'Retries of an HTTP request that can safely be repeated: reads always, writes only when provably not done (default 3)' },
   { name: 'keepalive', type: 'string', arg: 'S', group: 'imageio', describe: 'Keep-alive request on HTTP connections idle S seconds (default 30; imageio closes them at 60)' },
 
   // What the command prints.

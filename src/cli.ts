@@ -15,6 +15,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { payloadPool } from './buffers';
 import { parseArgs, type RunConfig } from './config';
 import { ConfigError, describeError, ImageioNbdError } from './errors';
 import { describeRoot, findHttpError } from './failure-report';
@@ -229,6 +230,8 @@ class Command {
     };
     // The probe says it first when it is the one waiting (after 5 s of silence on its connection).
     waitTimer = setTimeout(remind, 6000);
+    // The command owns the process: its bound applies to every payload buffer in it.
+    payloadPool.setMaxLiveBytes(c.maxMemory);
     try {
       return await openExport({ ...c, onWaiting }, stackLogger);
     } finally {
@@ -299,6 +302,13 @@ class Command {
     }
     const uri = 'stdio' in c.listen ? '' : nbdUri(c.exportName, where);
     if (uri) this.logger.info(`listening on ${uri}`);
+    // A signal may come as soon as the pidfile exists (virt-v2v and scripts wait for it, then
+    // may stop us at once): hold it until the shutdown path below is ready, never die of it.
+    let earlySignal: NodeJS.Signals | undefined;
+    const holdSignal = (sig: NodeJS.Signals) => {
+      earlySignal ??= sig;
+    };
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGQUIT'] as const) process.on(sig, holdSignal);
     if (c.pidfile) {
       try {
         // Atomically: whoever polls for the file (virt-v2v) never reads it half written.
@@ -381,7 +391,11 @@ class Command {
         finish(`received ${sig}`, exitCode);
       };
       // nbdkit treats SIGQUIT like SIGTERM and SIGINT: a clean shutdown.
-      for (const sig of ['SIGINT', 'SIGTERM', 'SIGQUIT'] as const) process.on(sig, onSignal);
+      for (const sig of ['SIGINT', 'SIGTERM', 'SIGQUIT'] as const) {
+        process.off(sig, holdSignal);
+        process.on(sig, onSignal);
+      }
+      if (earlySignal) onSignal(earlySignal);
 
       if (c.exitWithParent) {
         const parent = process.ppid;

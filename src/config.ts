@@ -41,6 +41,10 @@ export interface RunConfig {
   preferredBlockSize?: number;
   connectTimeoutMs: number;
   requestTimeoutMs: number;
+  /** Slowest body rate tolerated, bytes per second. */
+  minRate: number;
+  /** Bound on all payload memory of the process, bytes. */
+  maxMemory: number;
   retries: number;
   /** Send a keep-alive request on HTTP connections idle this long (imageio closes them at 60 s). */
   keepAliveMs: number;
@@ -80,6 +84,8 @@ export const CLI_DEFAULTS = {
   coalesceIdleSeconds: 0.01,
   connectTimeoutSeconds: 10,
   requestTimeoutSeconds: 60,
+  minRate: 2 ** 20,
+  maxMemory: 256 * 2 ** 20,
   retries: 3,
   keepAliveSeconds: 30,
   threads: 16,
@@ -322,6 +328,10 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
   const requestSize = parseSize(text(a['request-size']) ?? '8M', 'request size');
   if (requestSize > 64 * 2 ** 20) throw new ConfigError('invalid request size: at most 64M');
   const maxBuffer = parseSize(text(a['max-buffer']) ?? '64M', 'max buffer');
+  const minRate = parseSize(text(a['min-rate']) ?? String(CLI_DEFAULTS.minRate), 'min rate');
+  if (minRate < 1) throw new ConfigError(`invalid --min-rate '${text(a['min-rate'])}': at least 1 byte per second, e.g. 1M`);
+  const maxMemory = parseSize(text(a['max-memory']) ?? String(CLI_DEFAULTS.maxMemory), 'max memory');
+  if (maxMemory < 2 ** 20) throw new ConfigError(`invalid --max-memory '${text(a['max-memory'])}': at least 1M, e.g. 256M`);
   const coalesceIdle = seconds(a['coalesce-idle'], '--coalesce-idle', 0.001, 3600) ?? CLI_DEFAULTS.coalesceIdleSeconds;
   if (requestSize > 0 && maxBuffer < requestSize) {
     throw new ConfigError(`--max-buffer (${maxBuffer}) must be at least --request-size (${requestSize})`);
@@ -365,6 +375,8 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     preferredBlockSize,
     connectTimeoutMs: Math.round((seconds(a['connect-timeout'], '--connect-timeout', 0.001, 86400) ?? CLI_DEFAULTS.connectTimeoutSeconds) * 1000),
     requestTimeoutMs: Math.round((seconds(a['request-timeout'], '--request-timeout', 0.001, 86400) ?? CLI_DEFAULTS.requestTimeoutSeconds) * 1000),
+    minRate,
+    maxMemory,
     retries: wholeNumber(a.retries, '--retries', 0, 100) ?? CLI_DEFAULTS.retries,
     keepAliveMs: Math.round((seconds(a.keepalive, '--keepalive', 0.1, 86400) ?? CLI_DEFAULTS.keepAliveSeconds) * 1000),
     listen,

@@ -56,6 +56,8 @@ export interface ExportOptions {
   preferredBlockSize?: number;
   connectTimeoutMs?: number;
   requestTimeoutMs?: number;
+  /** Slowest body rate tolerated, bytes per second (default 1 MiB/s). */
+  minRate?: number;
   retries?: number;
   keepAliveMs?: number;
   readonly?: boolean;
@@ -77,6 +79,7 @@ export const EXPORT_DEFAULTS = {
   coalesceIdleMs: 10,
   connectTimeoutMs: 10_000,
   requestTimeoutMs: 60_000,
+  minRate: MiB,
   retries: 3,
   keepAliveMs: 30_000,
   readonly: false,
@@ -142,6 +145,7 @@ export async function openExport(options: ExportOptions, logger: Logger = silent
       readonly: opts.readonly,
       connectTimeoutMs: opts.connectTimeoutMs,
       requestTimeoutMs: opts.requestTimeoutMs,
+      minRate: opts.minRate,
       retries: opts.retries,
       keepAliveIdleMs: opts.keepAliveMs,
       logger,

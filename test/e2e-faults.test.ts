@@ -8,15 +8,10 @@ import { readFileSync } from 'node:fs';
 import {
   compareFiles,
   existsSync,
-  killAll,
-  makeSource,
   MiB,
   runCli,
-  startImageio,
-  tmpDir,
   type StartImageioOptions,
   type TestImageio,
-  type TmpDir,
   e2eSuite,
 } from './helpers/cli';
 

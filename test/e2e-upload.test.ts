@@ -7,18 +7,14 @@
 import { copyFileSync, readFileSync } from 'node:fs';
 import {
   compareFiles,
-  killAll,
   makePki,
   makeSource,
   MiB,
   parseStats,
   runCli,
-  startImageio,
-  tmpDir,
   type StartImageioOptions,
   type TestImageio,
   type TestPki,
-  type TmpDir,
   e2eSuite,
   waitAllClosed,
 } from './helpers/cli';

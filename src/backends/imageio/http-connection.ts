@@ -107,7 +107,6 @@ const STAGING_BYTES = 64 * 1024;
  * undici's connector alone: loading all of undici costs about 100 ms of CPU at start-up, which
  * counts in every captive copy; its connector module loads in a few.
  */
-// eslint-disable-next-line @typescript-eslint/no-require-imports
 const buildConnector = require('undici/lib/core/connect') as typeof BuildConnector;
 
 type Phase = 'head' | 'dest' | 'chunked' | 'until-close';
