@@ -61,9 +61,9 @@ function opScript(row: Row): string {
 /** The clear log line a failed op must leave: the request named, and that it failed. */
 const LOG_LINE: Record<Exclude<Op, 'startup'>, RegExp[]> = {
   read: [/\bGET\b/, /\b4096\b|\b8388608\b/, /fail|error|timed? ?out/i],
-  write: [/\bPUT\b/, /fail|error|timed? ?out/i],
-  zero: [/\bzero\b/i, /\b1048576\b/, /fail|error|timed? ?out/i],
-  flush: [/flush/i, /fail|error|timed? ?out|lost|not have reached/i],
+  write: [/\bPUT\b/, /fail|error|timed? ?out|not confirmed/i],
+  zero: [/\bzero\b/i, /\b1048576\b/, /fail|error|timed? ?out|not confirmed/i],
+  flush: [/flush/i, /fail|error|timed? ?out|lost|not have reached|not confirmed/i],
 };
 
 function opRows(name: string, behaviour: Behaviour, ops: Exclude<Op, 'startup'>[], extra: Partial<Row> = {}): Row[] {
