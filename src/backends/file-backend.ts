@@ -11,11 +11,16 @@
  *   spec says is always correct. Detecting holes by reading would cost a full read.
  * The size is fixed at open; reads past the current end of the file (only possible while a
  * truncating zero runs) return zeroes.
+ *
+ * Payload memory (src/backend.ts): pread reads into a buffer from the payload pool, which the
+ * caller releases; pwrite/pwritev release what they are given once the kernel has the bytes
+ * (before a FUA sync), whether the write succeeded or not.
  */
 import { execFile } from 'node:child_process';
 import { open, type FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import type { Backend, Capabilities, WriteFlags, ZeroFlags } from '../backend';
+import { payloadPool, releaseBuffer, releaseBuffers, type PayloadPool } from '../buffers';
 import { BackendError } from '../errors';
 import { NbdError } from '../../protocol/constants';
 
@@ -28,6 +33,8 @@ let zeroBuffer: Buffer | undefined;
 
 export interface FileBackendOptions {
   readonly?: boolean;
+  /** Where read buffers come from (default the process's payload pool). */
+  pool?: PayloadPool;
 }
 
 export class FileBackend implements Backend {
@@ -39,6 +46,7 @@ export class FileBackend implements Backend {
     private readonly ro: boolean,
     /** Path, for messages. */
     readonly path: string,
+    private readonly pool: PayloadPool = payloadPool,
   ) {}
 
   size(): number {
@@ -61,18 +69,11 @@ export class FileBackend implements Backend {
   }
 
   async pread(offset: number, length: number): Promise<Buffer> {
-    const buf = Buffer.allocUnsafe(length);
-    let done = 0;
+    const buf = this.pool.tryAllocate(length) ?? (await this.pool.allocate(length));
     try {
-      while (done < length) {
-        const { bytesRead } = await this.fh.read(buf, done, length - done, offset + done);
-        if (bytesRead === 0) {
-          buf.fill(0, done); // past EOF: the file is being zeroed at its end
-          break;
-        }
-        done += bytesRead;
-      }
+      await this.readFull(buf, offset);
     } catch (err) {
+      releaseBuffer(buf);
       throw this.ioError('read', offset, length, err);
     }
     return buf;
@@ -81,10 +82,32 @@ export class FileBackend implements Backend {
   async pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
     try {
       await this.writeAll(data, offset);
-      if (flags?.fua) await this.fh.datasync();
     } catch (err) {
       throw this.ioError('write', offset, data.length, err);
+    } finally {
+      releaseBuffer(data);
     }
+    if (flags?.fua) await this.sync('write', offset, data.length);
+  }
+
+  /** One writev(2) for the whole list (more when the kernel writes less than asked). */
+  async pwritev(data: readonly Buffer[], offset: number, flags?: WriteFlags): Promise<void> {
+    let length = 0;
+    for (const b of data) length += b.length;
+    try {
+      let list = data;
+      let done = 0;
+      while (done < length) {
+        const { bytesWritten } = await this.fh.writev(list as Buffer[], offset + done);
+        done += bytesWritten;
+        if (done < length) list = dropPrefix(list, bytesWritten);
+      }
+    } catch (err) {
+      throw this.ioError('write', offset, length, err);
+    } finally {
+      releaseBuffers(data);
+    }
+    if (flags?.fua) await this.sync('write', offset, length);
   }
 
   async zero(offset: number, length: number, flags?: ZeroFlags): Promise<void> {
@@ -101,13 +124,19 @@ export class FileBackend implements Backend {
         // as zeroes. Copy tools zero every hole of the source, and on a fresh sparse target
         // this keeps those holes holes and costs reads (of holes: cheap) instead of writes.
         const zeroes = (zeroBuffer ??= Buffer.alloc(ZERO_CHUNK));
-        const scratch = Buffer.allocUnsafe(Math.min(ZERO_CHUNK, length));
-        for (let pos = offset, end = offset + length; pos < end; ) {
-          const n = Math.min(ZERO_CHUNK, end - pos);
-          const { bytesRead } = await this.fh.read(scratch, 0, n, pos);
-          const alreadyZero = bytesRead === n && scratch.subarray(0, n).equals(zeroes.subarray(0, n));
-          if (!alreadyZero) await this.writeAll(n === ZERO_CHUNK ? zeroes : zeroes.subarray(0, n), pos);
-          pos += n;
+        // Scratch from the pool: copy tools send a zero per hole, and a fresh 4 MiB each time
+        // costs page faults and garbage collection.
+        const scratch = await this.pool.allocate(Math.min(ZERO_CHUNK, length));
+        try {
+          for (let pos = offset, end = offset + length; pos < end; ) {
+            const n = Math.min(ZERO_CHUNK, end - pos);
+            const { bytesRead } = await this.fh.read(scratch, 0, n, pos);
+            const alreadyZero = bytesRead === n && scratch.subarray(0, n).equals(zeroes.subarray(0, n));
+            if (!alreadyZero) await this.writeAll(n === ZERO_CHUNK ? zeroes : zeroes.subarray(0, n), pos);
+            pos += n;
+          }
+        } finally {
+          releaseBuffer(scratch);
         }
       }
       if (flags?.fua) await this.fh.datasync();
@@ -136,10 +165,27 @@ export class FileBackend implements Backend {
   }
 
   async flush(): Promise<void> {
+    await this.sync('flush', 0, 0);
+  }
+
+  private async sync(op: string, offset: number, length: number): Promise<void> {
     try {
       await this.fh.datasync();
     } catch (err) {
-      throw this.ioError('flush', 0, 0, err);
+      throw this.ioError(op, offset, length, err);
+    }
+  }
+
+  /** Fill buf from the file at offset; past EOF (a truncating zero is running) reads zeroes. */
+  private async readFull(buf: Buffer, offset: number): Promise<void> {
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesRead } = await this.fh.read(buf, done, buf.length - done, offset + done);
+      if (bytesRead === 0) {
+        buf.fill(0, done);
+        return;
+      }
+      done += bytesRead;
     }
   }
 
@@ -162,6 +208,20 @@ export class FileBackend implements Backend {
   }
 }
 
+/** The list without its first n bytes (views, no copies). */
+function dropPrefix(list: readonly Buffer[], n: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const b of list) {
+    if (n >= b.length) {
+      n -= b.length;
+    } else {
+      out.push(n > 0 ? b.subarray(n) : b);
+      n = 0;
+    }
+  }
+  return out;
+}
+
 /** Open a raw image file; its current size is the export size. */
 export async function openFileBackend(path: string, opts: FileBackendOptions = {}): Promise<FileBackend> {
   const readonly = !!opts.readonly;
@@ -169,7 +229,7 @@ export async function openFileBackend(path: string, opts: FileBackendOptions = {
   try {
     const st = await fh.stat();
     if (!st.isFile()) throw new BackendError(NbdError.EINVAL, `${path} is not a regular file`);
-    return new FileBackend(fh, st.size, readonly, path);
+    return new FileBackend(fh, st.size, readonly, path, opts.pool);
   } catch (err) {
     await fh.close();
     throw err;
