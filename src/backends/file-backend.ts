@@ -17,6 +17,7 @@
  * (before a FUA sync), whether the write succeeded or not.
  */
 import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import type { Backend, Capabilities, WriteFlags, ZeroFlags } from '../backend';
@@ -68,46 +69,86 @@ export class FileBackend implements Backend {
     };
   }
 
-  async pread(offset: number, length: number): Promise<Buffer> {
-    const buf = this.pool.tryAllocate(length) ?? (await this.pool.allocate(length));
-    try {
-      await this.readFull(buf, offset);
-    } catch (err) {
-      releaseBuffer(buf);
-      throw this.ioError('read', offset, length, err);
-    }
-    return buf;
+  // pread/pwrite/pwritev use fs's callback API on the FileHandle's fd: one promise per request
+  // instead of the five or so that FileHandle's async methods and async wrappers cost, which
+  // shows at thousands of requests per GiB.
+
+  pread(offset: number, length: number): Promise<Buffer> {
+    const buf = this.pool.tryAllocate(length);
+    if (!buf) return this.pool.allocate(length).then((b) => this.readInto(b, offset));
+    return this.readInto(buf, offset);
   }
 
-  async pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
-    try {
-      await this.writeAll(data, offset);
-    } catch (err) {
-      throw this.ioError('write', offset, data.length, err);
-    } finally {
-      releaseBuffer(data);
-    }
-    if (flags?.fua) await this.sync('write', offset, data.length);
+  pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const fd = this.fh.fd;
+      const onWritten = (err: NodeJS.ErrnoException | null, n: number): void => {
+        if (!err && n > 0 && (done += n) < data.length) {
+          fs.write(fd, data, done, data.length - done, offset + done, onWritten);
+          return;
+        }
+        releaseBuffer(data); // the kernel has the bytes (or never will)
+        if (err || n <= 0) reject(this.ioError('write', offset, data.length, err ?? new Error('short write')));
+        else if (flags?.fua) resolve(this.sync('write', offset, data.length));
+        else resolve();
+      };
+      let done = 0;
+      if (data.length === 0) {
+        releaseBuffer(data);
+        resolve();
+      } else {
+        fs.write(fd, data, 0, data.length, offset, onWritten);
+      }
+    });
   }
 
   /** One writev(2) for the whole list (more when the kernel writes less than asked). */
-  async pwritev(data: readonly Buffer[], offset: number, flags?: WriteFlags): Promise<void> {
+  pwritev(data: readonly Buffer[], offset: number, flags?: WriteFlags): Promise<void> {
     let length = 0;
     for (const b of data) length += b.length;
-    try {
-      let list = data;
+    return new Promise((resolve, reject) => {
+      const fd = this.fh.fd;
+      const onWritten = (err: NodeJS.ErrnoException | null, n: number): void => {
+        if (!err && n > 0 && (done += n) < length) {
+          fs.writev(fd, dropPrefix(data, done), offset + done, onWritten);
+          return;
+        }
+        releaseBuffers(data);
+        if (err || n <= 0) reject(this.ioError('write', offset, length, err ?? new Error('short write')));
+        else if (flags?.fua) resolve(this.sync('write', offset, length));
+        else resolve();
+      };
       let done = 0;
-      while (done < length) {
-        const { bytesWritten } = await this.fh.writev(list as Buffer[], offset + done);
-        done += bytesWritten;
-        if (done < length) list = dropPrefix(list, bytesWritten);
+      if (length === 0) {
+        releaseBuffers(data);
+        resolve();
+      } else {
+        fs.writev(fd, data as Buffer[], offset, onWritten);
       }
-    } catch (err) {
-      throw this.ioError('write', offset, length, err);
-    } finally {
-      releaseBuffers(data);
-    }
-    if (flags?.fua) await this.sync('write', offset, length);
+    });
+  }
+
+  /** Fill buf from the file at offset; past EOF (a truncating zero is running) reads zeroes. */
+  private readInto(buf: Buffer, offset: number): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      const fd = this.fh.fd;
+      const onRead = (err: NodeJS.ErrnoException | null, n: number): void => {
+        if (err) {
+          releaseBuffer(buf);
+          reject(this.ioError('read', offset, buf.length, err));
+          return;
+        }
+        done += n;
+        if (n === 0) buf.fill(0, done);
+        else if (done < buf.length) {
+          fs.read(fd, buf, done, buf.length - done, offset + done, onRead);
+          return;
+        }
+        resolve(buf);
+      };
+      let done = 0;
+      fs.read(fd, buf, 0, buf.length, offset, onRead);
+    });
   }
 
   async zero(offset: number, length: number, flags?: ZeroFlags): Promise<void> {
@@ -176,18 +217,7 @@ export class FileBackend implements Backend {
     }
   }
 
-  /** Fill buf from the file at offset; past EOF (a truncating zero is running) reads zeroes. */
-  private async readFull(buf: Buffer, offset: number): Promise<void> {
-    let done = 0;
-    while (done < buf.length) {
-      const { bytesRead } = await this.fh.read(buf, done, buf.length - done, offset + done);
-      if (bytesRead === 0) {
-        buf.fill(0, done);
-        return;
-      }
-      done += bytesRead;
-    }
-  }
+
 
   async close(): Promise<void> {
     await this.fh.close();
