@@ -245,6 +245,22 @@ describe('NbdDecoder read targets (zero-copy path)', () => {
     );
   });
 
+  test('option data larger than staging gets its own buffer, at any read boundary', () => {
+    const big = Buffer.from(Array.from({ length: 300 }, (_, i) => (i * 7) & 0xff));
+    const stream = Buffer.concat([
+      encodeClientFlags(3),
+      encodeOptionRequest(1234, big),
+      encodeOptionRequest(Option.LIST),
+      encodeOptionRequest(Option.GO, encodeInfoRequestData({ exportName: '', infos: [] })),
+      encodeRequest({ type: Command.FLUSH, cookie: 1n, offset: 0, length: 0 }),
+    ]);
+    const expected = norm(decodeInPieces(stream, []));
+    expect(expected.map((m) => m.kind)).toEqual(['clientFlags', 'option', 'option', 'option', 'request']);
+    for (let cut = 1; cut < stream.length; cut++) {
+      expect(norm(decodeByTargets(stream, [cut, 97], { stagingSize: 64 }).msgs)).toEqual(expected);
+    }
+  });
+
   test('WRITE payloads land in the allocated buffer; headers after a WRITE are read alone', () => {
     const payloads = [0, 1, 2].map((i) => Buffer.alloc(100000 + i * 5000, 0x30 + i));
     const stream = Buffer.concat([
