@@ -27,7 +27,7 @@ export interface NbdServerOptions {
   handshakeTimeoutMs?: number;
   /** Requests running at once per connection before the socket is paused; default 64. */
   maxInFlightPerConnection?: number;
-  /** READ/WRITE bytes running at once per connection before the socket is paused; default 256 MiB. */
+  /** READ/WRITE bytes running at once per connection before the socket is paused; default 64 MiB. */
   maxPendingBytesPerConnection?: number;
   /** Options accepted per connection before it is dropped; default 256. */
   maxOptions?: number;
