@@ -149,3 +149,31 @@ describe('FileBackend payload ownership', () => {
     }
   });
 });
+
+describe('FileBackend writes one at a time', () => {
+  test('concurrent writes all land, and a failing write does not hold up the queue', async () => {
+    const dir = tmpDir('file-queue-');
+    const pool = new PayloadPool();
+    try {
+      const file = dir.file('disk.raw');
+      writeFileSync(file, Buffer.alloc(8 * 1024 * 1024));
+      const b = await openFileBackend(file, { pool });
+      const writes = Array.from({ length: 20 }, (_, i) => {
+        const buf = pool.tryAllocate(300000)!.fill(i + 1);
+        return i % 2 ? b.pwrite(buf, i * 300000) : b.pwritev([buf], i * 300000);
+      });
+      await Promise.all(writes);
+      const v = readFileSync(file);
+      for (let i = 0; i < 20; i++) expect(v.subarray(i * 300000, (i + 1) * 300000).every((x) => x === i + 1)).toBe(true);
+      await b.close();
+
+      const ro = await openFileBackend(file, { readonly: true, pool });
+      const failing = Array.from({ length: 5 }, () => ro.pwrite(pool.tryAllocate(1000)!, 0).then(() => 'ok', () => 'failed'));
+      expect(await Promise.all(failing)).toEqual(Array(5).fill('failed'));
+      expect(pool.liveBytes).toBe(0);
+      await ro.close();
+    } finally {
+      dir.cleanup();
+    }
+  });
+});

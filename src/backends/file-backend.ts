@@ -40,6 +40,8 @@ export interface FileBackendOptions {
 
 export class FileBackend implements Backend {
   readonly name = 'file';
+  private writing = false;
+  private readonly waitingWrites: (() => void)[] = [];
 
   constructor(
     private readonly fh: FileHandle,
@@ -87,6 +89,7 @@ export class FileBackend implements Backend {
           fs.write(fd, data, done, data.length - done, offset + done, onWritten);
           return;
         }
+        this.endWrite();
         releaseBuffer(data); // the kernel has the bytes (or never will)
         if (err || n <= 0) reject(this.ioError('write', offset, data.length, err ?? new Error('short write')));
         else if (flags?.fua) resolve(this.sync('write', offset, data.length));
@@ -97,7 +100,7 @@ export class FileBackend implements Backend {
         releaseBuffer(data);
         resolve();
       } else {
-        fs.write(fd, data, 0, data.length, offset, onWritten);
+        this.startWrite(() => fs.write(fd, data, 0, data.length, offset, onWritten));
       }
     });
   }
@@ -113,6 +116,7 @@ export class FileBackend implements Backend {
           fs.writev(fd, dropPrefix(data, done), offset + done, onWritten);
           return;
         }
+        this.endWrite();
         releaseBuffers(data);
         if (err || n <= 0) reject(this.ioError('write', offset, length, err ?? new Error('short write')));
         else if (flags?.fua) resolve(this.sync('write', offset, length));
@@ -123,9 +127,29 @@ export class FileBackend implements Backend {
         releaseBuffers(data);
         resolve();
       } else {
-        fs.writev(fd, data as Buffer[], offset, onWritten);
+        this.startWrite(() => fs.writev(fd, data as Buffer[], offset, onWritten));
       }
     });
+  }
+
+  /**
+   * One pwrite(2) at a time: buffered writes to one file take its inode lock, so concurrent
+   * writers on the thread pool only wait for each other, spinning on the lock (CPU burnt for
+   * nothing) and leaving no thread for reads and syncs. Writes queue here instead, in order.
+   */
+  private startWrite(start: () => void): void {
+    if (this.writing) {
+      this.waitingWrites.push(start);
+    } else {
+      this.writing = true;
+      start();
+    }
+  }
+
+  private endWrite(): void {
+    const next = this.waitingWrites.shift();
+    if (next) next();
+    else this.writing = false;
   }
 
   /** Fill buf from the file at offset; past EOF (a truncating zero is running) reads zeroes. */
