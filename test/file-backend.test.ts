@@ -1,5 +1,6 @@
 import { readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { openFileBackend } from '../src/backends/file-backend';
+import { PayloadPool, bufferRefs, releaseBuffer } from '../src/buffers';
 import { BackendError } from '../src/errors';
 import { NbdError } from '../protocol/constants';
 import { tmpDir, type TmpDir } from './helpers/tmp-dir';
@@ -103,6 +104,74 @@ describe('FileBackend large zeroes', () => {
       // Punching frees the blocks (all but the partial pages at the edges).
       if (mayTrim) expect(statSync(file).blocks * 512).toBeLessThan(20 * 1024 * 1024);
       await b.close();
+    } finally {
+      dir.cleanup();
+    }
+  });
+});
+
+describe('FileBackend payload ownership', () => {
+  test('pread returns a pool buffer; pwrite and pwritev release what they get, also on failure', async () => {
+    const dir = tmpDir('file-own-');
+    const pool = new PayloadPool();
+    try {
+      const file = dir.file('disk.raw');
+      writeFileSync(file, Buffer.alloc(4 * 1024 * 1024));
+      const b = await openFileBackend(file, { pool });
+      const w = pool.tryAllocate(300000)!.fill(3);
+      await b.pwrite(w, 1000, { fua: true });
+      expect(bufferRefs(w)).toBe(0);
+      // pwritev: one list, written in order, every buffer released (a view releases its owner).
+      const parts = [pool.tryAllocate(70000)!.fill(4), pool.tryAllocate(100)!.fill(5), pool.tryAllocate(200000)!.fill(6)];
+      await b.pwritev([parts[0], parts[1].subarray(0, 50), parts[2]], 500000);
+      for (const p of parts) expect(bufferRefs(p)).toBe(0);
+      expect(pool.liveBytes).toBe(0);
+      const r = await b.pread(1000, 300000);
+      expect(bufferRefs(r)).toBe(1);
+      expect(r.every((x) => x === 3)).toBe(true);
+      releaseBuffer(r);
+      const v = readFileSync(file);
+      expect(v.subarray(500000, 570000).every((x) => x === 4)).toBe(true);
+      expect(v.subarray(570000, 570050).every((x) => x === 5)).toBe(true);
+      expect(v.subarray(570050, 770050).every((x) => x === 6)).toBe(true);
+      expect(v[770050]).toBe(0);
+      await b.close();
+
+      const ro = await openFileBackend(file, { readonly: true, pool });
+      const x = pool.tryAllocate(100000)!;
+      await expect(ro.pwrite(x, 0)).rejects.toBeInstanceOf(BackendError);
+      const y = [pool.tryAllocate(100000)!];
+      await expect(ro.pwritev(y, 0)).rejects.toBeInstanceOf(BackendError);
+      expect(pool.liveBytes).toBe(0);
+      await ro.close();
+    } finally {
+      dir.cleanup();
+    }
+  });
+});
+
+describe('FileBackend writes one at a time', () => {
+  test('concurrent writes all land, and a failing write does not hold up the queue', async () => {
+    const dir = tmpDir('file-queue-');
+    const pool = new PayloadPool();
+    try {
+      const file = dir.file('disk.raw');
+      writeFileSync(file, Buffer.alloc(8 * 1024 * 1024));
+      const b = await openFileBackend(file, { pool });
+      const writes = Array.from({ length: 20 }, (_, i) => {
+        const buf = pool.tryAllocate(300000)!.fill(i + 1);
+        return i % 2 ? b.pwrite(buf, i * 300000) : b.pwritev([buf], i * 300000);
+      });
+      await Promise.all(writes);
+      const v = readFileSync(file);
+      for (let i = 0; i < 20; i++) expect(v.subarray(i * 300000, (i + 1) * 300000).every((x) => x === i + 1)).toBe(true);
+      await b.close();
+
+      const ro = await openFileBackend(file, { readonly: true, pool });
+      const failing = Array.from({ length: 5 }, () => ro.pwrite(pool.tryAllocate(1000)!, 0).then(() => 'ok', () => 'failed'));
+      expect(await Promise.all(failing)).toEqual(Array(5).fill('failed'));
+      expect(pool.liveBytes).toBe(0);
+      await ro.close();
     } finally {
       dir.cleanup();
     }

@@ -185,3 +185,181 @@ describe('NbdDecoder', () => {
     expect(d.bufferedBytes).toBe(0);
   });
 });
+
+/**
+ * Feed `stream` the way the server does with Node's onread: ask readTarget() where the next
+ * bytes go, copy at most `sizes[i]` bytes there (a short read), commit, pull messages.
+ * `sizes` cycles; Infinity fills the whole target, like a socket with plenty of data queued.
+ */
+function decodeByTargets(
+  stream: Buffer,
+  sizes: number[],
+  opts: ConstructorParameters<typeof NbdDecoder>[1] = {},
+  limits?: Partial<DecoderLimits>,
+): { msgs: DecodedMessage[]; targets: Buffer[] } {
+  const d = new NbdDecoder(limits, opts);
+  const out: DecodedMessage[] = [];
+  const targets: Buffer[] = [];
+  let pos = 0;
+  for (let i = 0; pos < stream.length; i++) {
+    const t = d.readTarget();
+    expect(t.length).toBeGreaterThan(0);
+    targets.push(t);
+    const n = Math.min(t.length, sizes[i % sizes.length], stream.length - pos);
+    stream.copy(t, 0, pos, pos + n);
+    pos += n;
+    d.commit(n);
+    drain(d, out);
+  }
+  return { msgs: out, targets };
+}
+
+describe('NbdDecoder read targets (zero-copy path)', () => {
+  const whole = decodeInPieces(session, []);
+
+  test('whole reads give the same messages as push()', () => {
+    expect(norm(decodeByTargets(session, [Infinity]).msgs)).toEqual(norm(whole));
+  });
+
+  test('a short read at every boundary gives the same messages', () => {
+    for (let cut = 1; cut < session.length; cut++) {
+      expect(norm(decodeByTargets(session, [cut, Infinity]).msgs)).toEqual(norm(whole));
+    }
+  });
+
+  test('one byte per read', () => {
+    expect(norm(decodeByTargets(session, [1]).msgs)).toEqual(norm(whole));
+  });
+
+  test('random read sizes and staging sizes (property)', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 1, max: 200 }), { minLength: 1, maxLength: 20 }),
+        fc.integer({ min: 56, max: 300 }),
+        fc.integer({ min: 0, max: 300 }),
+        (sizes, stagingSize, stagingReadSize) => {
+          const got = decodeByTargets(session, sizes, { stagingSize, stagingReadSize }).msgs;
+          expect(norm(got)).toEqual(norm(whole));
+        },
+      ),
+    );
+  });
+
+  test('option data larger than staging gets its own buffer, at any read boundary', () => {
+    const big = Buffer.from(Array.from({ length: 300 }, (_, i) => (i * 7) & 0xff));
+    const stream = Buffer.concat([
+      encodeClientFlags(3),
+      encodeOptionRequest(1234, big),
+      encodeOptionRequest(Option.LIST),
+      encodeOptionRequest(Option.GO, encodeInfoRequestData({ exportName: '', infos: [] })),
+      encodeRequest({ type: Command.FLUSH, cookie: 1n, offset: 0, length: 0 }),
+    ]);
+    const expected = norm(decodeInPieces(stream, []));
+    expect(expected.map((m) => m.kind)).toEqual(['clientFlags', 'option', 'option', 'option', 'request']);
+    for (let cut = 1; cut < stream.length; cut++) {
+      expect(norm(decodeByTargets(stream, [cut, 97], { stagingSize: 64 }).msgs)).toEqual(expected);
+    }
+  });
+
+  test('WRITE payloads land in the allocated buffer; headers after a WRITE are read alone', () => {
+    const payloads = [0, 1, 2].map((i) => Buffer.alloc(100000 + i * 5000, 0x30 + i));
+    const stream = Buffer.concat([
+      encodeClientFlags(3),
+      encodeOptionRequest(Option.GO, encodeInfoRequestData({ exportName: '', infos: [] })),
+      ...payloads.flatMap((p, i) => [
+        encodeRequest({ type: Command.WRITE, cookie: BigInt(i), offset: 0, length: p.length }),
+        p,
+      ]),
+    ]);
+    const allocated: Buffer[] = [];
+    const { msgs, targets } = decodeByTargets(stream, [Infinity], {
+      allocatePayload: (n) => {
+        const b = Buffer.alloc(n);
+        allocated.push(b);
+        return b;
+      },
+    });
+    const writes = msgs.filter((m): m is Extract<DecodedMessage, { kind: 'request' }> => m.kind === 'request');
+    expect(writes).toHaveLength(3);
+    writes.forEach((w, i) => {
+      expect(w.data).toBe(allocated[i]); // the very buffer, not a copy
+      expect(w.data!.equals(payloads[i])).toBe(true);
+    });
+    // The 2nd and 3rd payloads: a 28-byte header read, then one read of the whole payload.
+    const inPayload = (t: Buffer, i: number) => t.buffer === allocated[i].buffer;
+    for (const i of [1, 2]) {
+      const k = targets.findIndex((t) => inPayload(t, i));
+      expect(targets[k].length).toBe(payloads[i].length);
+      expect(targets[k].byteOffset).toBe(allocated[i].byteOffset);
+      expect(targets[k - 1].length).toBe(28);
+    }
+  });
+
+  test('no payload memory: next() waits, bytes are kept, providePayload() completes the request', () => {
+    const p = Buffer.from(Array.from({ length: 700 }, (_, i) => i & 0xff));
+    const stream = Buffer.concat([
+      encodeRequest({ type: Command.WRITE, cookie: 5n, offset: 0, length: p.length }),
+      p,
+      encodeRequest({ type: Command.FLUSH, cookie: 6n, offset: 0, length: 0 }),
+    ]);
+    for (let cut = 1; cut < stream.length; cut++) {
+      const d = new NbdDecoder({}, { allocatePayload: () => undefined });
+      d.startTransmission();
+      d.push(stream.subarray(0, cut));
+      expect(d.next()).toBeUndefined();
+      if (cut >= 28) {
+        expect(d.payloadWanted).toBe(p.length);
+        expect(() => d.providePayload(Buffer.alloc(1))).toThrow(RangeError);
+        const buf = Buffer.alloc(p.length);
+        d.providePayload(buf);
+        expect(d.payloadWanted).toBe(0);
+      }
+      d.push(stream.subarray(cut));
+      if (cut < 28) {
+        expect(d.next()).toBeUndefined();
+        d.providePayload(Buffer.alloc(p.length));
+      }
+      const m = d.next() as Extract<DecodedMessage, { kind: 'request' }>;
+      expect(m.header.cookie).toBe(5n);
+      expect(m.data!.equals(p)).toBe(true);
+      expect(d.next()).toMatchObject({ kind: 'request', header: { cookie: 6n } });
+      expect(d.next()).toBeUndefined();
+    }
+  });
+
+  test('abandon() hands back the payload being received, and the decoder goes silent', () => {
+    const buf = Buffer.alloc(1000);
+    const d = new NbdDecoder({}, { allocatePayload: () => buf });
+    d.startTransmission();
+    d.push(encodeRequest({ type: Command.WRITE, cookie: 1n, offset: 0, length: 1000 }));
+    expect(d.next()).toBeUndefined();
+    d.push(Buffer.alloc(10));
+    expect(d.abandon()).toBe(buf);
+    d.push(encodeRequest({ type: Command.READ, cookie: 2n, offset: 0, length: 1 }));
+    expect(d.next()).toBeUndefined();
+    expect(d.abandon()).toBeUndefined();
+  });
+
+  test('staging does not grow when the consumer keeps pulling', () => {
+    const reqs = Buffer.concat(
+      Array.from({ length: 2000 }, (_, i) => encodeRequest({ type: Command.READ, cookie: BigInt(i), offset: 0, length: 1 })),
+    );
+    const d = new NbdDecoder({}, { stagingSize: 256, stagingReadSize: 100 });
+    d.startTransmission();
+    let pos = 0;
+    let n = 0;
+    const stores = new Set<ArrayBufferLike>();
+    while (pos < reqs.length) {
+      const t = d.readTarget();
+      stores.add(t.buffer); // one staging buffer throughout: never grown
+      expect(t.length).toBeLessThanOrEqual(100);
+      const k = Math.min(t.length, reqs.length - pos);
+      reqs.copy(t, 0, pos, pos + k);
+      pos += k;
+      d.commit(k);
+      while (d.next()) n++;
+    }
+    expect(n).toBe(2000);
+    expect(stores.size).toBe(1);
+  });
+});

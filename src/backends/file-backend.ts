@@ -11,11 +11,17 @@
  *   spec says is always correct. Detecting holes by reading would cost a full read.
  * The size is fixed at open; reads past the current end of the file (only possible while a
  * truncating zero runs) return zeroes.
+ *
+ * Payload memory (src/backend.ts): pread reads into a buffer from the payload pool, which the
+ * caller releases; pwrite/pwritev release what they are given once the kernel has the bytes
+ * (before a FUA sync), whether the write succeeded or not.
  */
 import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import type { Backend, Capabilities, WriteFlags, ZeroFlags } from '../backend';
+import { payloadPool, releaseBuffer, releaseBuffers, type PayloadPool } from '../buffers';
 import { BackendError } from '../errors';
 import { NbdError } from '../../protocol/constants';
 
@@ -28,10 +34,14 @@ let zeroBuffer: Buffer | undefined;
 
 export interface FileBackendOptions {
   readonly?: boolean;
+  /** Where read buffers come from (default the process's payload pool). */
+  pool?: PayloadPool;
 }
 
 export class FileBackend implements Backend {
   readonly name = 'file';
+  private writing = false;
+  private readonly waitingWrites: (() => void)[] = [];
 
   constructor(
     private readonly fh: FileHandle,
@@ -39,6 +49,7 @@ export class FileBackend implements Backend {
     private readonly ro: boolean,
     /** Path, for messages. */
     readonly path: string,
+    private readonly pool: PayloadPool = payloadPool,
   ) {}
 
   size(): number {
@@ -60,31 +71,108 @@ export class FileBackend implements Backend {
     };
   }
 
-  async pread(offset: number, length: number): Promise<Buffer> {
-    const buf = Buffer.allocUnsafe(length);
-    let done = 0;
-    try {
-      while (done < length) {
-        const { bytesRead } = await this.fh.read(buf, done, length - done, offset + done);
-        if (bytesRead === 0) {
-          buf.fill(0, done); // past EOF: the file is being zeroed at its end
-          break;
-        }
-        done += bytesRead;
-      }
-    } catch (err) {
-      throw this.ioError('read', offset, length, err);
-    }
-    return buf;
+  // pread/pwrite/pwritev use fs's callback API on the FileHandle's fd: one promise per request
+  // instead of the five or so that FileHandle's async methods and async wrappers cost, which
+  // shows at thousands of requests per GiB.
+
+  pread(offset: number, length: number): Promise<Buffer> {
+    const buf = this.pool.tryAllocate(length);
+    if (!buf) return this.pool.allocate(length).then((b) => this.readInto(b, offset));
+    return this.readInto(buf, offset);
   }
 
-  async pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
-    try {
-      await this.writeAll(data, offset);
-      if (flags?.fua) await this.fh.datasync();
-    } catch (err) {
-      throw this.ioError('write', offset, data.length, err);
+  pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const fd = this.fh.fd;
+      const onWritten = (err: NodeJS.ErrnoException | null, n: number): void => {
+        if (!err && n > 0 && (done += n) < data.length) {
+          fs.write(fd, data, done, data.length - done, offset + done, onWritten);
+          return;
+        }
+        this.endWrite();
+        releaseBuffer(data); // the kernel has the bytes (or never will)
+        if (err || n <= 0) reject(this.ioError('write', offset, data.length, err ?? new Error('short write')));
+        else if (flags?.fua) resolve(this.sync('write', offset, data.length));
+        else resolve();
+      };
+      let done = 0;
+      if (data.length === 0) {
+        releaseBuffer(data);
+        resolve();
+      } else {
+        this.startWrite(() => fs.write(fd, data, 0, data.length, offset, onWritten));
+      }
+    });
+  }
+
+  /** One writev(2) for the whole list (more when the kernel writes less than asked). */
+  pwritev(data: readonly Buffer[], offset: number, flags?: WriteFlags): Promise<void> {
+    let length = 0;
+    for (const b of data) length += b.length;
+    return new Promise((resolve, reject) => {
+      const fd = this.fh.fd;
+      const onWritten = (err: NodeJS.ErrnoException | null, n: number): void => {
+        if (!err && n > 0 && (done += n) < length) {
+          fs.writev(fd, dropPrefix(data, done), offset + done, onWritten);
+          return;
+        }
+        this.endWrite();
+        releaseBuffers(data);
+        if (err || n <= 0) reject(this.ioError('write', offset, length, err ?? new Error('short write')));
+        else if (flags?.fua) resolve(this.sync('write', offset, length));
+        else resolve();
+      };
+      let done = 0;
+      if (length === 0) {
+        releaseBuffers(data);
+        resolve();
+      } else {
+        this.startWrite(() => fs.writev(fd, data as Buffer[], offset, onWritten));
+      }
+    });
+  }
+
+  /**
+   * One pwrite(2) at a time: buffered writes to one file take its inode lock, so concurrent
+   * writers on the thread pool only wait for each other, spinning on the lock (CPU burnt for
+   * nothing) and leaving no thread for reads and syncs. Writes queue here instead, in order.
+   */
+  private startWrite(start: () => void): void {
+    if (this.writing) {
+      this.waitingWrites.push(start);
+    } else {
+      this.writing = true;
+      start();
     }
+  }
+
+  private endWrite(): void {
+    const next = this.waitingWrites.shift();
+    if (next) next();
+    else this.writing = false;
+  }
+
+  /** Fill buf from the file at offset; past EOF (a truncating zero is running) reads zeroes. */
+  private readInto(buf: Buffer, offset: number): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      const fd = this.fh.fd;
+      const onRead = (err: NodeJS.ErrnoException | null, n: number): void => {
+        if (err) {
+          releaseBuffer(buf);
+          reject(this.ioError('read', offset, buf.length, err));
+          return;
+        }
+        done += n;
+        if (n === 0) buf.fill(0, done);
+        else if (done < buf.length) {
+          fs.read(fd, buf, done, buf.length - done, offset + done, onRead);
+          return;
+        }
+        resolve(buf);
+      };
+      let done = 0;
+      fs.read(fd, buf, 0, buf.length, offset, onRead);
+    });
   }
 
   async zero(offset: number, length: number, flags?: ZeroFlags): Promise<void> {
@@ -101,13 +189,19 @@ export class FileBackend implements Backend {
         // as zeroes. Copy tools zero every hole of the source, and on a fresh sparse target
         // this keeps those holes holes and costs reads (of holes: cheap) instead of writes.
         const zeroes = (zeroBuffer ??= Buffer.alloc(ZERO_CHUNK));
-        const scratch = Buffer.allocUnsafe(Math.min(ZERO_CHUNK, length));
-        for (let pos = offset, end = offset + length; pos < end; ) {
-          const n = Math.min(ZERO_CHUNK, end - pos);
-          const { bytesRead } = await this.fh.read(scratch, 0, n, pos);
-          const alreadyZero = bytesRead === n && scratch.subarray(0, n).equals(zeroes.subarray(0, n));
-          if (!alreadyZero) await this.writeAll(n === ZERO_CHUNK ? zeroes : zeroes.subarray(0, n), pos);
-          pos += n;
+        // Scratch from the pool: copy tools send a zero per hole, and a fresh 4 MiB each time
+        // costs page faults and garbage collection.
+        const scratch = await this.pool.allocate(Math.min(ZERO_CHUNK, length));
+        try {
+          for (let pos = offset, end = offset + length; pos < end; ) {
+            const n = Math.min(ZERO_CHUNK, end - pos);
+            const { bytesRead } = await this.fh.read(scratch, 0, n, pos);
+            const alreadyZero = bytesRead === n && scratch.subarray(0, n).equals(zeroes.subarray(0, n));
+            if (!alreadyZero) await this.writeAll(n === ZERO_CHUNK ? zeroes : zeroes.subarray(0, n), pos);
+            pos += n;
+          }
+        } finally {
+          releaseBuffer(scratch);
         }
       }
       if (flags?.fua) await this.fh.datasync();
@@ -136,12 +230,18 @@ export class FileBackend implements Backend {
   }
 
   async flush(): Promise<void> {
+    await this.sync('flush', 0, 0);
+  }
+
+  private async sync(op: string, offset: number, length: number): Promise<void> {
     try {
       await this.fh.datasync();
     } catch (err) {
-      throw this.ioError('flush', 0, 0, err);
+      throw this.ioError(op, offset, length, err);
     }
   }
+
+
 
   async close(): Promise<void> {
     await this.fh.close();
@@ -162,6 +262,20 @@ export class FileBackend implements Backend {
   }
 }
 
+/** The list without its first n bytes (views, no copies). */
+function dropPrefix(list: readonly Buffer[], n: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const b of list) {
+    if (n >= b.length) {
+      n -= b.length;
+    } else {
+      out.push(n > 0 ? b.subarray(n) : b);
+      n = 0;
+    }
+  }
+  return out;
+}
+
 /** Open a raw image file; its current size is the export size. */
 export async function openFileBackend(path: string, opts: FileBackendOptions = {}): Promise<FileBackend> {
   const readonly = !!opts.readonly;
@@ -169,7 +283,7 @@ export async function openFileBackend(path: string, opts: FileBackendOptions = {
   try {
     const st = await fh.stat();
     if (!st.isFile()) throw new BackendError(NbdError.EINVAL, `${path} is not a regular file`);
-    return new FileBackend(fh, st.size, readonly, path);
+    return new FileBackend(fh, st.size, readonly, path, opts.pool);
   } catch (err) {
     await fh.close();
     throw err;

@@ -2,9 +2,14 @@
  * A sparse in-memory disk: `memory:SIZE`. Pages are allocated on first write; zeroing whole
  * pages frees them, so extents report holes. Every operation is immediately "durable", so
  * flush is a no-op and multi-conn is safe.
+ *
+ * Payload memory (src/backend.ts): pwrite/pwritev copy into the pages and release what they were
+ * given; pread returns a buffer from the payload pool, which the caller releases. The pages are
+ * the disk itself, not payload memory, and are not counted in the pool.
  */
 import type { Backend, Capabilities, Extent, WriteFlags, ZeroFlags } from '../backend';
 import { EXTENT_HOLE, EXTENT_ZERO } from '../backend';
+import { payloadPool, releaseBuffer, type PayloadPool } from '../buffers';
 
 const PAGE = 64 * 1024;
 
@@ -15,6 +20,7 @@ export class MemoryBackend implements Backend {
   constructor(
     private readonly bytes: number,
     private readonly readonly = false,
+    private readonly pool: PayloadPool = payloadPool,
   ) {
     if (!Number.isSafeInteger(bytes) || bytes < 0) throw new RangeError(`invalid size ${bytes}`);
   }
@@ -44,15 +50,35 @@ export class MemoryBackend implements Backend {
   }
 
   async pread(offset: number, length: number): Promise<Buffer> {
-    const out = Buffer.alloc(length);
+    const out = this.pool.tryAllocate(length) ?? (await this.pool.allocate(length));
     this.forEachPage(offset, length, (page, pageOff, bufOff, n) => {
       const p = this.pages.get(page);
       if (p) p.copy(out, bufOff, pageOff, pageOff + n);
+      else out.fill(0, bufOff, bufOff + n); // pool memory is not zeroed
     });
     return out;
   }
 
   async pwrite(data: Buffer, offset: number, _flags?: WriteFlags): Promise<void> {
+    try {
+      this.copyIn(data, offset);
+    } finally {
+      releaseBuffer(data);
+    }
+  }
+
+  async pwritev(data: readonly Buffer[], offset: number, _flags?: WriteFlags): Promise<void> {
+    try {
+      for (const b of data) {
+        this.copyIn(b, offset);
+        offset += b.length;
+      }
+    } finally {
+      for (const b of data) releaseBuffer(b);
+    }
+  }
+
+  private copyIn(data: Buffer, offset: number): void {
     this.forEachPage(offset, data.length, (page, pageOff, bufOff, n) => {
       let p = this.pages.get(page);
       if (!p) {

@@ -4,14 +4,20 @@
  *
  * Requests run concurrently and are answered in completion order. Flow control: when too many
  * requests or payload bytes are in flight, or the client is not reading its replies, we stop
- * pulling messages from the decoder and pause the socket.
+ * pulling messages from the decoder and pause the socket. The same happens when a WRITE payload
+ * buffer cannot be had from the payload pool (see receive-budget.ts): reading resumes once it is.
+ *
+ * Payload memory (the rules are in src/backend.ts): the socket is read straight into the
+ * decoder's targets, so a WRITE payload lands in its pooled buffer, whose reference goes to
+ * backend.pwrite. A READ reply's buffer, from backend.pread, is released once the socket has
+ * written it (or failed to).
  *
  * Ending: after DISC, the client's EOF, or server shutdown, no new request is started; the
  * connection closes once every started request has replied. A client that vanishes does not
  * stop its requests: they finish and their replies are dropped.
  */
-import { BufferPool } from './buffer-pool';
 import type { Socket } from 'node:net';
+import { releaseBuffer } from '../buffers';
 import type { Logger } from '../log';
 import { describeError, toNbdErrno } from '../errors';
 import { Command, CommandFlag, NbdError, TransmissionFlag } from '../../protocol/constants';
@@ -26,6 +32,8 @@ import {
 import { toBlockDescriptors } from './block-status';
 import type { ExportConfig } from './export';
 import { Handshake, type OptionOutcome, type TransmissionParams } from './handshake';
+import type { PayloadWaiter, ReceiveBudget } from './receive-budget';
+import { adoptWithUserBuffers } from './socket-reader';
 
 export interface ConnectionOptions {
   id: number;
@@ -40,8 +48,13 @@ export interface ConnectionOptions {
   maxWriteBuffer: number;
   maxOptions: number;
   decoderLimits?: Partial<DecoderLimits>;
-  /** Where WRITE payloads are assembled; they go back to it after a successful pwrite. */
-  payloadPool?: BufferPool;
+  /** Where WRITE payload buffers come from (shared by the server's connections). */
+  budget: ReceiveBudget;
+  /**
+   * 'onread' (default): read into the decoder's buffers. 'data': take the socket's 'data'
+   * events and copy (what is done anyway when the socket's handle cannot be adopted).
+   */
+  readMode?: 'onread' | 'data';
 }
 
 /** READ and WRITE payloads accepted whatever block size is advertised (libnbd caps at 64 MiB). */
@@ -58,23 +71,29 @@ const COMMAND_NAMES: Record<number, string> = {
   [Command.BLOCK_STATUS]: 'block-status',
 };
 
-/** Flags each command accepts (before checking what was advertised). */
+/**
+ * Flags each command accepts (before checking what was advertised). Spec: with SEND_FUA the
+ * client MAY set FUA on any command and the server ignores it where it means nothing (READ,
+ * FLUSH, CACHE, BLOCK_STATUS); nbdkit does the same.
+ */
 const ALLOWED_FLAGS: Record<number, number> = {
-  [Command.READ]: CommandFlag.DF,
+  [Command.READ]: CommandFlag.FUA | CommandFlag.DF,
   [Command.WRITE]: CommandFlag.FUA,
-  [Command.FLUSH]: 0,
+  [Command.FLUSH]: CommandFlag.FUA,
   [Command.TRIM]: CommandFlag.FUA,
-  [Command.CACHE]: 0,
+  [Command.CACHE]: CommandFlag.FUA,
   [Command.WRITE_ZEROES]: CommandFlag.FUA | CommandFlag.NO_HOLE | CommandFlag.FAST_ZERO,
-  [Command.BLOCK_STATUS]: CommandFlag.REQ_ONE,
+  [Command.BLOCK_STATUS]: CommandFlag.FUA | CommandFlag.REQ_ONE,
 };
+
+const WRITE_FUA = { fua: true };
 
 interface Rejection {
   errno: NbdError;
   message: string;
 }
 
-export class NbdConnection {
+export class NbdConnection implements PayloadWaiter {
   readonly id: number;
   /** Resolves when the socket is closed and no request is running. */
   readonly done: Promise<void>;
@@ -82,7 +101,8 @@ export class NbdConnection {
   private readonly log: Logger;
   private readonly debug: boolean;
   private readonly decoder: NbdDecoder;
-  private readonly pool: BufferPool;
+  private readonly budget: ReceiveBudget;
+  private readonly socket: Socket;
   private readonly handshake: Handshake;
   private tx: TransmissionParams | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
@@ -93,27 +113,44 @@ export class NbdConnection {
   private peerEnded = false;
   private ending = false;
   private waitingDrain = false;
+  /** Waiting for a WRITE payload buffer (reading is paused meanwhile). */
+  private waitingMemory = false;
   private closed = false;
   private resolveDone!: () => void;
 
   constructor(
-    private readonly socket: Socket,
+    accepted: Socket,
     private readonly opts: ConnectionOptions,
   ) {
     this.id = opts.id;
     this.log = opts.logger.child({ conn: opts.id });
     this.debug = this.log.isLevelEnabled('debug');
-    this.pool = opts.payloadPool ?? new BufferPool(0);
-    this.decoder = new NbdDecoder({ maxPayload: MAX_PAYLOAD, ...opts.decoderLimits }, (n) => this.pool.allocate(n));
+    this.budget = opts.budget;
+    this.decoder = new NbdDecoder(
+      { maxPayload: MAX_PAYLOAD, ...opts.decoderLimits },
+      { allocatePayload: (n) => (this.waitingMemory ? undefined : this.budget.tryTake(n)) },
+    );
     this.handshake = new Handshake(opts.exports, this.log, { maxOptions: opts.maxOptions });
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
 
-    socket.on('data', (chunk: Buffer) => {
-      // After DISC or a fatal error nothing more is parsed; keep reading so EOF is seen.
-      if (this.stopReading) return;
-      this.decoder.push(chunk);
-      this.pump();
-    });
+    const adopted =
+      opts.readMode === 'data'
+        ? undefined
+        : adoptWithUserBuffers(accepted, {
+            buffer: () => this.decoder.readTarget(),
+            callback: (n) => {
+              // After DISC or a fatal error nothing more is decoded; keep reading so EOF is seen.
+              if (!this.stopReading && this.decoder.commit(n)) this.pump();
+            },
+          });
+    const socket = (this.socket = adopted ?? accepted);
+    if (!adopted) {
+      socket.on('data', (chunk: Buffer) => {
+        if (this.stopReading) return;
+        this.decoder.push(chunk);
+        this.pump();
+      });
+    }
     socket.on('end', () => {
       this.peerEnded = true;
       this.pump();
@@ -122,6 +159,7 @@ export class NbdConnection {
     socket.on('close', () => {
       this.closed = true;
       this.clearHandshakeTimer();
+      this.releaseInput();
       if (this.inFlight > 0) this.log.debug({ inFlight: this.inFlight }, 'client gone with requests in flight');
       this.maybeDone();
     });
@@ -132,6 +170,8 @@ export class NbdConnection {
       this.socket.destroy();
     }, opts.handshakeTimeoutMs);
     this.write(this.handshake.greeting());
+    // The server listens with pauseOnConnect: start reading now that everything is wired.
+    socket.resume();
   }
 
   /** Stop taking requests; close once the running ones have replied. Handshakes are dropped. */
@@ -155,7 +195,18 @@ export class NbdConnection {
         break;
       }
       const msg = this.decoder.next();
-      if (!msg) break;
+      if (!msg) {
+        if (this.decoder.payloadWanted > 0) {
+          // No payload memory now: stop reading until the budget hands us a buffer.
+          blocked = true;
+          if (!this.waitingMemory) {
+            this.waitingMemory = true;
+            if (this.debug) this.log.debug({ bytes: this.decoder.payloadWanted }, 'waiting for payload memory');
+            this.budget.wait(this.decoder.payloadWanted, this);
+          }
+        }
+        break;
+      }
       this.handleMessage(msg);
     }
     if (this.peerEnded && !blocked && !this.stopReading) {
@@ -171,6 +222,28 @@ export class NbdConnection {
     if (blocked) this.socket.pause();
     else if (this.socket.isPaused()) this.socket.resume();
     this.maybeEnd();
+  }
+
+  /** ReceiveBudget: the payload buffer we waited for. */
+  payloadReady(buf: Buffer): void {
+    this.waitingMemory = false;
+    if (this.closed || this.stopReading || this.decoder.payloadWanted !== buf.length) {
+      releaseBuffer(buf);
+      this.budget.done(buf.length);
+      return;
+    }
+    this.decoder.providePayload(buf);
+    this.pump();
+  }
+
+  /** The socket is closed: give back the payload being received, stop waiting for memory. */
+  private releaseInput(): void {
+    if (this.waitingMemory) this.budget.cancel(this);
+    const buf = this.decoder.abandon();
+    if (buf) {
+      releaseBuffer(buf);
+      this.budget.done(buf.length);
+    }
   }
 
   private overloaded(): boolean {
@@ -206,14 +279,16 @@ export class NbdConnection {
         this.applyOutcome(this.handshake.optionTooBig(msg.option, msg.length));
         return;
       case 'request':
+        // A WRITE payload is complete: it no longer counts as being received.
+        if (msg.data && msg.data.length > 0) this.budget.done(msg.data.length);
         this.handleRequest(msg.header, msg.data);
         return;
       case 'requestTooBig': {
         const h = msg.header;
         // The payload has been drained: fail this request, keep the connection.
         this.log.warn({ cookie: h.cookie.toString(), length: h.length }, 'write payload too large, drained');
-        const errno = this.tx?.structuredReplies ? NbdError.EOVERFLOW : NbdError.EINVAL;
-        this.sendError(h, errno, `write of ${h.length} bytes exceeds the ${MAX_PAYLOAD} byte limit`);
+        // EINVAL: the spec keeps EOVERFLOW for reads (and payload-less requests) over the limit.
+        this.sendError(h, NbdError.EINVAL, `write of ${h.length} bytes exceeds the ${MAX_PAYLOAD} byte limit`);
         return;
       }
     }
@@ -272,6 +347,7 @@ export class NbdConnection {
     }
     const bad = this.validate(h, tx);
     if (bad) {
+      if (data) releaseBuffer(data); // never reached the backend
       const level = bad.errno === NbdError.ENOTSUP ? 'debug' : 'warn';
       this.log[level](
         { cmd: COMMAND_NAMES[h.type] ?? h.type, flags: h.flags, offset: h.offset, length: h.length, errno: bad.errno },
@@ -373,14 +449,16 @@ export class NbdConnection {
     switch (h.type) {
       case Command.READ: {
         const buf = await b.pread(h.offset, h.length);
-        if (buf.length !== h.length) throw new Error(`backend returned ${buf.length} of ${h.length} bytes`);
+        if (buf.length !== h.length) {
+          releaseBuffer(buf);
+          throw new Error(`backend returned ${buf.length} of ${h.length} bytes`);
+        }
         this.sendRead(h, buf, tx.structuredReplies);
         return;
       }
       case Command.WRITE:
-        await b.pwrite(data!, h.offset, fua ? { fua } : undefined);
-        // Only after success: a failed request might, in a misbehaving backend, still be sending.
-        this.pool.release(data!);
+        // The backend takes over our reference to the payload (and releases it).
+        await b.pwrite(data!, h.offset, fua ? WRITE_FUA : undefined);
         break;
       case Command.FLUSH:
         await b.flush();
@@ -418,14 +496,20 @@ export class NbdConnection {
   // -------------------------------------------------------------------------------------------
   // Output
 
+  /** Header and data back to back, no copy; the data's reference is released once written. */
   private sendRead(h: RequestHeader, data: Buffer, structured: boolean): void {
-    if (!this.writable()) return;
+    if (!this.writable()) {
+      releaseBuffer(data);
+      return;
+    }
     const header = structured
       ? encodeOffsetDataHeader(h.cookie, h.offset, data.length, true)
       : encodeSimpleReply(h.cookie, NbdError.OK);
     this.socket.cork();
     this.socket.write(header);
-    this.socket.write(data);
+    // The callback runs once the bytes are written, or with an error if the socket fails or is
+    // destroyed first: either way the buffer is ours to release then.
+    this.socket.write(data, () => releaseBuffer(data));
     this.socket.uncork();
   }
 

@@ -6,7 +6,6 @@
  * ever loses its own connection, and close() lets every connection finish the requests it has
  * started before closing the sockets.
  */
-import { BufferPool } from './buffer-pool';
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import * as fs from 'node:fs';
@@ -15,6 +14,8 @@ import { silentLogger } from '../log';
 import { describeError } from '../errors';
 import { NbdConnection } from './connection';
 import type { ExportConfig } from './export';
+import { payloadPool as globalPayloadPool, type PayloadPool } from '../buffers';
+import { ReceiveBudget } from './receive-budget';
 
 export type { ExportConfig } from './export';
 
@@ -26,10 +27,23 @@ export interface NbdServerOptions {
   handshakeTimeoutMs?: number;
   /** Requests running at once per connection before the socket is paused; default 64. */
   maxInFlightPerConnection?: number;
-  /** READ/WRITE bytes running at once per connection before the socket is paused; default 256 MiB. */
+  /** READ/WRITE bytes running at once per connection before the socket is paused; default 64 MiB. */
   maxPendingBytesPerConnection?: number;
   /** Options accepted per connection before it is dropped; default 256. */
   maxOptions?: number;
+  /**
+   * Where WRITE payload buffers come from; default the process's payloadPool, which the
+   * backends and layers share, so one bound covers all payload memory.
+   */
+  payloadPool?: PayloadPool;
+  /**
+   * Bound on payload memory (the pool's live bytes): partly received WRITEs, payloads waiting
+   * for the backend, READ replies waiting for a slow client. Sets the pool's bound when given
+   * (the pool's default is 256 MiB). Partly received WRITEs may hold at most 3/4 of it.
+   */
+  maxMemoryBytes?: number;
+  /** How sockets are read: 'onread' (default, zero-copy) or 'data' (events, one copy). */
+  readMode?: 'onread' | 'data';
 }
 
 export type ListenAddress = { unix: string } | { port: number; host?: string };
@@ -39,8 +53,8 @@ export class NbdServer extends EventEmitter {
   private readonly log: Logger;
   private readonly server: net.Server;
   private readonly connections = new Map<number, NbdConnection>();
-  /** WRITE payload buffers, reused across requests and connections. */
-  private readonly payloadPool = new BufferPool();
+  /** Payload memory of WRITEs being received, shared by every connection. */
+  private readonly budget: ReceiveBudget;
   private nextId = 1;
   private unixPath: string | undefined;
   private closing: Promise<void> | undefined;
@@ -50,8 +64,13 @@ export class NbdServer extends EventEmitter {
     if (opts.exports.length === 0) throw new RangeError('NbdServer needs at least one export');
     this.opts = opts;
     this.log = opts.logger ?? silentLogger();
+    const pool = opts.payloadPool ?? globalPayloadPool;
+    if (opts.maxMemoryBytes !== undefined) pool.setMaxLiveBytes(opts.maxMemoryBytes);
+    this.budget = new ReceiveBudget(pool);
     // Half-open: a client that shuts down its sending side still gets its replies.
-    this.server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
+    // Paused: the connection re-wraps the socket to read into its own buffers (socket-reader.ts)
+    // and nothing may be read before that.
+    this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     this.server.on('error', (err) => {
       if (this.listenerCount('error') > 0) this.emit('error', err);
       else this.log.error({ err: describeError(err) }, 'server error');
@@ -60,6 +79,17 @@ export class NbdServer extends EventEmitter {
 
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  /** Payload memory: the pool's live bytes and bound, and what WRITEs being received hold. */
+  memoryStats(): { liveBytes: number; maxLiveBytes: number; receivingBytes: number; waiting: number } {
+    const pool = this.budget.pool;
+    return {
+      liveBytes: pool.liveBytes,
+      maxLiveBytes: pool.maxLiveBytes,
+      receivingBytes: this.budget.receivingBytes,
+      waiting: this.budget.waiting,
+    };
   }
 
   /** Resolves once listening; port 0 resolves with the port actually bound. */
@@ -106,6 +136,7 @@ export class NbdServer extends EventEmitter {
       return;
     }
     const id = this.nextId++;
+    const remote = socket.remoteAddress ?? 'unix';
     const conn = new NbdConnection(socket, {
       id,
       exports: this.opts.exports,
@@ -115,10 +146,11 @@ export class NbdServer extends EventEmitter {
       maxPendingBytes: this.opts.maxPendingBytesPerConnection ?? 64 * 1024 * 1024,
       maxWriteBuffer: 64 * 1024 * 1024,
       maxOptions: this.opts.maxOptions ?? 256,
-      payloadPool: this.payloadPool,
+      budget: this.budget,
+      readMode: this.opts.readMode,
     });
     this.connections.set(id, conn);
-    this.log.debug({ conn: id, remote: socket.remoteAddress ?? 'unix' }, 'connection');
+    this.log.debug({ conn: id, remote }, 'connection');
     this.emit('connection', id);
     conn.done.then(
       () => {

@@ -1,5 +1,6 @@
 /** A layer that delays chosen operations, to hold requests in flight in tests. */
 import { PassthroughLayer, type Backend, type WriteFlags } from '../../src/backend';
+import { releaseBuffer } from '../../src/buffers';
 
 export class DelayedBackend extends PassthroughLayer {
   /** Calls started and not yet finished. */
@@ -33,8 +34,9 @@ export class DelayedBackend extends PassthroughLayer {
   }
 
   override pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
-    // Copy: the server may reuse nothing, but a delayed layer must not rely on that.
+    // Copy, and give back the caller's buffer at once (src/backend.ts: pwrite takes it over).
     const copy = Buffer.from(data);
+    releaseBuffer(data);
     return this.hold('write', offset, () => super.pwrite(copy, offset, flags));
   }
 
