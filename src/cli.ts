@@ -48,7 +48,22 @@ export async function main(argv: string[]): Promise<number> {
   if (detached !== undefined) return detached;
   const logger = createLogger({ verbose: config.verbose, format: config.logFormat });
   for (const what of config.ignored) logger.debug(`ignoring ${what} (nbdkit compatibility)`);
+  if (config.engine) {
+    // Engine mode: get the transfer from the oVirt engine, serve it, then finalize or cancel it.
+    const { runEngineMode } = require('./engine/engine-mode') as typeof import('./engine/engine-mode');
+    return runEngineMode(config, logger, serve);
+  }
   return serve(config, logger);
+}
+
+/** Observers of one serve() run (engine mode finalizes or cancels the transfer from them). */
+export interface ServeHooks {
+  /** Serving started; `stop` shuts down as a signal would, exiting with `status`. */
+  onStart?(stop: (reason: string, status: number) => void): void;
+  /** The --run command exited with this status. */
+  onRunExit?(status: number): void;
+  /** Shutdown finished: why, and whether written data could not be flushed. */
+  onShutdown?(reason: string, dataLost: boolean): void;
 }
 
 /** Reports a failure to start as one clear line (a JSON line with --log-format json) and returns 1. */
@@ -93,7 +108,7 @@ function nbdUri(exportName: string, where: { unix?: string; port?: number; host?
   return `nbd://${host}:${where.port}/${name}`;
 }
 
-async function serve(config: RunConfig, logger: Logger): Promise<number> {
+async function serve(config: RunConfig, logger: Logger, hooks: ServeHooks = {}): Promise<number> {
   let stack: ExportStack;
   // While opening, a failure is reported once, by startFailure(): the backend's own error log
   // line for the same failure would be a second line. So its logger is quiet until the export
@@ -204,6 +219,7 @@ async function serve(config: RunConfig, logger: Logger): Promise<number> {
       }
       if (privateDir) fs.rmSync(privateDir, { recursive: true, force: true });
       if (config.stats !== undefined) writeStats(config.stats, stack, logger);
+      hooks.onShutdown?.(reason, dataLost);
       if (dataLost) {
         process.stderr.write('imageio-nbd: ERROR: written data could not be flushed to imageio; the transfer is NOT complete\n');
         return status === 0 ? 1 : status;
@@ -225,6 +241,7 @@ async function serve(config: RunConfig, logger: Logger): Promise<number> {
     };
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
+    hooks.onStart?.(finish);
 
     if (config.exitWithParent) {
       const parent = process.ppid;
@@ -250,6 +267,7 @@ async function serve(config: RunConfig, logger: Logger): Promise<number> {
       });
       child.on('exit', (code, signal) => {
         exitCode = code ?? (signal ? 128 + (os.constants.signals[signal] ?? 0) : 1);
+        hooks.onRunExit?.(exitCode);
         finish(`--run command exited with status ${exitCode}`, exitCode);
       });
     }

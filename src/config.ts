@@ -7,6 +7,7 @@ import yargs from 'yargs/yargs';
 import { ConfigError } from './errors';
 import { parseSize } from './size';
 import { NBD_DEFAULT_PORT } from '../protocol/constants';
+import { addEngineOptions, engineConfigFrom, type EngineConfig } from './engine/options';
 
 export const VERSION = '0.1.0';
 
@@ -45,6 +46,8 @@ export interface RunConfig {
   progress?: number;
   /** Options accepted for nbdkit compatibility that do nothing here, for a debug line. */
   ignored: string[];
+  /** Engine mode (--engine): the transfer URL is obtained from the oVirt engine; `url` is '' until then. */
+  engine?: EngineConfig;
 }
 
 export type ParseResult =
@@ -54,13 +57,14 @@ export type ParseResult =
   | { kind: 'imageio-server'; argv: string[] };
 
 const USAGE = `imageio-nbd [OPTIONS] URL | imageio-nbd [OPTIONS] url=URL size=N [cafile=F] [insecure=true] [is_ovirt_host=true]
+imageio-nbd --engine API-URL --username U --password-file F (--disk-id ID | --create-disk --storage-domain SD --size N) --run CMD
 imageio-nbd imageio-server --image FILE [...]   (a built-in imageio-compatible server; --help for its options)
 
 Serve URL as an NBD export. URL is an imageio transfer URL (https://HOST:54322/images/TICKET or
 http://...), file:///path/disk.raw, or memory:SIZE (e.g. memory:1G).`;
 
 function buildParser(argv: string[]) {
-  return yargs(argv)
+  return addEngineOptions(yargs(argv)
     .scriptName('imageio-nbd')
     .usage(USAGE)
     .parserConfiguration({ 'camel-case-expansion': false, 'strip-aliased': true })
@@ -93,7 +97,7 @@ function buildParser(argv: string[]) {
     .option('keepalive', { type: 'number', describe: 'Seconds an HTTP connection may stay idle before a keep-alive request (default 30; imageio closes idle connections after 60)', group: 'imageio options:' })
     .option('stats', { type: 'string', describe: 'At exit, print NBD and HTTP statistics to stderr, or to FILE with --stats=FILE', group: 'output options:' })
     .option('progress', { type: 'string', describe: 'Print a progress line every N seconds (default 5)', group: 'output options:' })
-    .option('log-format', { type: 'string', choices: ['pretty', 'json'], describe: 'Log format (default pretty)', group: 'output options:' })
+    .option('log-format', { type: 'string', choices: ['pretty', 'json'], describe: 'Log format (default pretty)', group: 'output options:' }))
     .help(false)
     .version(false)
     .option('h', { alias: 'help', type: 'boolean', describe: 'Show this help' })
@@ -180,10 +184,12 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
         throw new ConfigError(`unknown parameter '${key}=': expected url=, size=, cafile=, insecure=, is_ovirt_host=`);
     }
   }
-  if (url === undefined || url === '') {
+  const engine = engineConfigFrom(a);
+  if (engine && url !== undefined) throw new ConfigError('give either a transfer URL or --engine, not both');
+  if (engine) url = '';
+  else if (url === undefined || url === '') {
     throw new ConfigError('missing URL: give an imageio transfer URL, file:///path or memory:SIZE (see --help)');
-  }
-  if (!/^(https?:\/\/|file:\/\/|memory:)/.test(url)) {
+  } else if (!/^(https?:\/\/|file:\/\/|memory:)/.test(url)) {
     throw new ConfigError(`unsupported URL '${url}': expected https://, http://, file:// or memory:`);
   }
 
@@ -250,7 +256,7 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     retries: positiveInt(a.retries ?? 3, 'retries', 0),
     keepAliveMs: Math.round(keepAliveSeconds(a.keepalive) * 1000),
     listen,
-    readonly: Boolean(a.r),
+    readonly: Boolean(a.r) || engine?.direction === 'download',
     exportName: (a.e as string | undefined) ?? '',
     foreground: Boolean(a.f) || a.run !== undefined,
     run: a.run as string | undefined,
@@ -262,6 +268,7 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     stats: a.stats as string | undefined,
     progress,
     ignored,
+    engine,
   };
   return { kind: 'run', config };
 }
