@@ -40,6 +40,10 @@ export async function main(argv: string[]): Promise<number> {
       const { runImageioServerCommand } = require('./imageio-server/command') as typeof import('./imageio-server/command');
       return runImageioServerCommand(parsed.argv);
     }
+    case 'engine-server': {
+      const { runEngineServerCommand } = require('./engine-server/command') as typeof import('./engine-server/command');
+      return runEngineServerCommand(parsed.argv);
+    }
     case 'run':
       break;
   }

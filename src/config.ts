@@ -54,11 +54,13 @@ export type ParseResult =
   | { kind: 'run'; config: RunConfig }
   | { kind: 'help'; text: string }
   | { kind: 'version'; text: string }
-  | { kind: 'imageio-server'; argv: string[] };
+  | { kind: 'imageio-server'; argv: string[] }
+  | { kind: 'engine-server'; argv: string[] };
 
 const USAGE = `imageio-nbd [OPTIONS] URL | imageio-nbd [OPTIONS] url=URL size=N [cafile=F] [insecure=true] [is_ovirt_host=true]
 imageio-nbd --engine API-URL --username U --password-file F (--disk-id ID | --create-disk --storage-domain SD --size N) --run CMD
 imageio-nbd imageio-server --image FILE [...]   (a built-in imageio-compatible server; --help for its options)
+imageio-nbd engine-server [--hosts N] [...]      (a fake oVirt engine for tests and demos; --help for its options)
 
 Serve URL as an NBD export. URL is an imageio transfer URL (https://HOST:54322/images/TICKET or
 http://...), file:///path/disk.raw, or memory:SIZE (e.g. memory:1G).`;
@@ -136,6 +138,7 @@ function keepAliveSeconds(v: unknown): number {
 /** Parse argv (without node and script). Throws ConfigError with one clear line on bad input. */
 export async function parseArgs(argv: string[]): Promise<ParseResult> {
   if (argv[0] === 'imageio-server') return { kind: 'imageio-server', argv: argv.slice(1) };
+  if (argv[0] === 'engine-server') return { kind: 'engine-server', argv: argv.slice(1) };
   // --stats and --progress take an optional value only in the --opt=VALUE form, so that
   // "--stats URL" does not swallow the URL.
   // "--progress 5" still works: a number is never a URL.
