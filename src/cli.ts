@@ -62,7 +62,7 @@ export async function main(argv: string[]): Promise<number> {
 
 /** Observers of one serve() run (engine mode finalizes or cancels the transfer from them). */
 export interface ServeHooks {
-  /** Serving started; `stop` shuts down as a signal would, exiting with `status`. */
+  /** Serving started; `stop` ends the --run command (SIGTERM) and shuts down as a signal would, exiting with `status`. */
   onStart?(stop: (reason: string, status: number) => void): void;
   /** The --run command exited with this status. */
   onRunExit?(status: number): void;
@@ -245,7 +245,12 @@ async function serve(config: RunConfig, logger: Logger, hooks: ServeHooks = {}):
     };
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
-    hooks.onStart?.(finish);
+    let runChild: ReturnType<typeof spawn> | undefined;
+    // A stop from a hook also ends the --run command: it has nothing left to work on.
+    hooks.onStart?.((reason, status) => {
+      if (runChild && runChild.exitCode === null && runChild.signalCode === null) runChild.kill('SIGTERM');
+      finish(reason, status);
+    });
 
     if (config.exitWithParent) {
       const parent = process.ppid;
@@ -264,7 +269,7 @@ async function serve(config: RunConfig, logger: Logger, hooks: ServeHooks = {}):
         unixsocket: where.unix ?? '',
         port: where.port !== undefined ? String(where.port) : '',
       };
-      const child = spawn('/bin/sh', ['-c', config.run], { stdio: 'inherit', env });
+      const child = (runChild = spawn('/bin/sh', ['-c', config.run], { stdio: 'inherit', env }));
       child.on('error', (err) => {
         logger.error(`--run command failed to start: ${err.message}`);
         finish('--run command failed', 1);

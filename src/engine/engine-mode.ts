@@ -48,6 +48,9 @@ export async function runEngineMode(config: RunConfig, logger: Logger, serve: Se
   return new EngineRun(config, logger).run(serve);
 }
 
+/** How long a transfer may stay finished_cleanup before it counts as ended. */
+const CLEANUP_GRACE_MS = 10_000;
+
 /** Phases in which the engine is ending the transfer by itself: wait, do not cancel. */
 const ENDING_PHASES = new Set(['finalizing_success', 'finalizing_failure', 'finalizing_cleanup', 'cancelled_system', 'cancelled_user']);
 
@@ -74,6 +77,7 @@ class EngineRun {
   private transfer?: ImageTransfer;
   private hostName = '';
   private served = false;
+  private stopServing?: (reason: string, status: number) => void;
 
   constructor(
     private readonly config: RunConfig,
@@ -89,6 +93,8 @@ class EngineRun {
       if (this.interrupted === undefined) {
         this.interrupted = sig;
         this.abort.abort();
+        // While serving, serve() shuts down on the signal too; this also ends the --run command.
+        this.stopServing?.(`received ${sig}`, 1);
         return;
       }
       // A second signal while cleaning up. Once serve() ran, its own handler exits on it.
@@ -133,13 +139,15 @@ class EngineRun {
     this.served = true;
     const status = await serve({ ...this.config, url: target.url, unixSocket: target.unixSocket, keepAliveMs }, this.logger, {
       onStart: (s) => {
-        stop = s;
+        stop = this.stopServing = s;
         if (problem) s(problem.message, 1);
+        if (this.interrupted) s(`received ${this.interrupted}`, 1);
       },
       onRunExit: (code) => (runStatus = code),
       onShutdown: (reason, dataLost) => (shutdown = { reason, dataLost }),
     });
     monitor.stop();
+    this.stopServing = undefined;
 
     if (this.interrupted) return this.fail(new Interrupted(this.interrupted), status);
     if (problem) return this.fail(problem, status);
@@ -361,7 +369,7 @@ class EngineRun {
         throw new EngineError('ERR_TRANSFER', `the engine failed to finalize transfer ${id} (finished_failure): the ${this.ec.direction === 'upload' ? 'uploaded image did not verify' : 'transfer failed'}`);
       } else if (t.phase === 'paused_system') {
         throw new EngineError('ERR_TRANSFER', `the engine could not finalize transfer ${id} (paused_system)`);
-      } else if (t.phase !== 'finalizing_success' && t.phase !== 'transferring') {
+      } else if (!['finalizing_success', 'finalizing_failure', 'transferring'].includes(t.phase)) {
         throw new EngineError('ERR_TRANSFER', `transfer ${id} went to ${t.phase} while finalizing`);
       }
       if (Date.now() >= deadline) {
@@ -416,9 +424,14 @@ class EngineRun {
         cancelled = true;
       }
       const deadline = Date.now() + this.ec.timeoutS * 1000;
+      let cleanupSince: number | undefined;
       for (let delay = 100; ; delay = Math.min(delay * 2, 1000)) {
         t = await client.getTransfer(id);
-        if (!t || FINAL_PHASES.has(t.phase)) break;
+        // finished_cleanup is followed by finished_failure once the engine has ended the
+        // command (and removed the disk of an upload): wait for that, within reason.
+        if (t?.phase === 'finished_cleanup') cleanupSince ??= Date.now();
+        if (!t || (FINAL_PHASES.has(t.phase) && t.phase !== 'finished_cleanup')) break;
+        if (cleanupSince !== undefined && Date.now() - cleanupSince > CLEANUP_GRACE_MS) break;
         if (Date.now() >= deadline) return `transfer ${id} was still ${t.phase} after ${this.ec.timeoutS} s: check it in the engine`;
         await plainSleep(delay);
       }
