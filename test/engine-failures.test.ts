@@ -103,6 +103,21 @@ test('a transfer stuck in initializing: gives up after --engine-timeout, cancels
   await expectNothingLeft(t.engine, ['doomed']);
 });
 
+test('SIGINT before serving (transfer still initializing): cancelled at once, the new disk removed', async () => {
+  const t = await engine();
+  t.engine.faults.stuckInitializing = true;
+  const p = spawnCli([...t.args, '--engine-timeout', '60', ...NEW_DISK, '--run', 'exit 0'], { env: engineEnv() });
+  await waitFor(() => t.engine.state().transfers.some((x) => x.phase === 'initializing'), 'the transfer to be created');
+  const started = Date.now();
+  p.signal('SIGINT');
+  const r = await p.exited;
+  expect(Date.now() - started).toBeLessThan(10_000); // not the 60 s --engine-timeout
+  expect(r.code).toBe(1);
+  expect(lastLine(r.stderr)).toMatch(/^imageio-nbd: interrupted by SIGINT/);
+  expect(lastLine(r.stderr)).toMatch(CANCELLED_AND_REMOVED);
+  await expectNothingLeft(t.engine, ['doomed']);
+});
+
 test('finalize fails (the upload does not verify): non-zero, no disk left', async () => {
   const t = await engine();
   t.engine.faults.finalizeFails = true;
