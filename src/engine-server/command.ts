@@ -44,6 +44,7 @@ export async function runEngineServerCommand(argv: string[]): Promise<number> {
         return true;
       })
       .strict()
+      .version(false)
       .help()
       .exitProcess(false)
       .fail((msg, err) => {

@@ -66,7 +66,7 @@ export const DEFAULT_ENGINE_TIMEOUT_S = 300;
 /** Register the engine options on the main parser, in their own --help group. */
 export function addEngineOptions<T>(y: Argv<T>): Argv<T> {
   return y
-    .option('engine', { type: 'string', describe: 'oVirt engine API URL, e.g. https://engine.example.com/ovirt-engine/api: create the image transfer there', group: GROUP })
+    .option('engine', { type: 'string', describe: 'oVirt engine API URL, e.g. https://engine.example.com/ovirt-engine/api: create the image transfer there (--cafile and --insecure apply to the engine too)', group: GROUP })
     .option('username', { type: 'string', describe: 'Engine user, e.g. admin@internal', group: GROUP })
     .option('password-file', { type: 'string', describe: "File whose first line is the user's password", group: GROUP })
     .option('disk-id', { type: 'string', describe: 'Transfer to or from this existing disk', group: GROUP })
