@@ -111,7 +111,7 @@ export function describeError(err: unknown): string {
  * reach the state we wait for. `status` is the HTTP status when the engine answered.
  * Codes: ERR_ENGINE (an HTTP error), ERR_ENGINE_AUTH (login), ERR_ENGINE_UNREACHABLE,
  * ERR_ENGINE_TIMEOUT (a wait ran out), ERR_TRANSFER (a transfer phase we cannot go on from),
- * ERR_INTERRUPTED (a signal).
+ * ERR_PLACEMENT (no host can run the transfer), ERR_INTERRUPTED (a signal).
  */
 export class EngineError extends ImageioNbdError {
   constructor(
