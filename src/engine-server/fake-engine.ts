@@ -116,7 +116,7 @@ export interface FakeEngineState {
   logouts: number;
   /** API requests answered 401. */
   unauthorized: number;
-  /** "METHOD /path" of every API request (after /ovirt-engine/api), in order. */
+  /** "METHOD /path" of the API requests (after /ovirt-engine/api), in order; the latest 10000. */
   requests: string[];
 }
 
@@ -125,6 +125,8 @@ const FINISHED = new Set(['finished_success', 'finished_failure']);
 /** Phases in which the engine is already ending the transfer. */
 const ENDING = new Set(['cancelled_user', 'cancelled_system', 'finalizing_success', 'finalizing_failure', 'finalizing_cleanup', 'finished_cleanup']);
 const MAX_BODY = 1 << 20;
+/** The request log keeps the latest requests only (engine-server may run for a long time). */
+const MAX_REQUESTS_KEPT = 10_000;
 
 class Fault extends Error {
   constructor(
@@ -314,6 +316,7 @@ export class FakeEngine {
       else if (url.pathname === API || url.pathname.startsWith(`${API}/`)) {
         const rest = url.pathname.slice(API.length).replace(/\/+$/, '');
         this.requests.push(`${method} ${rest || '/'}`);
+        if (this.requests.length > MAX_REQUESTS_KEPT) this.requests.splice(0, this.requests.length - MAX_REQUESTS_KEPT);
         const token = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '')?.[1];
         if (!token || !this.tokens.has(token)) {
           this.counters.unauthorized++;
