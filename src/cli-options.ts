@@ -4,7 +4,7 @@
  * they cannot drift apart. To add an option, add a row here and read it in config.ts.
  */
 
-export type OptionGroup = 'nbdkit' | 'imageio' | 'output';
+export type OptionGroup = 'nbdkit' | 'imageio' | 'engine' | 'output';
 
 export interface OptionSpec {
   /** Canonical long name, without dashes. */
@@ -67,6 +67,21 @@ export const OPTIONS: readonly OptionSpec[] = [
   { name: 'retries', type: 'string', arg: 'N', group: 'imageio', describe: 'Retries of an HTTP request that can safely be repeated: reads always, writes only when provably not done (default 3)' },
   { name: 'keepalive', type: 'string', arg: 'S', group: 'imageio', describe: 'Keep-alive request on HTTP connections idle S seconds (default 30; imageio closes them at 60)' },
 
+  // Engine mode: the transfer is created on the oVirt engine instead of being given (src/engine/).
+  { name: 'engine', type: 'string', arg: 'URL', group: 'engine', describe: 'oVirt engine API URL (https://ENGINE/ovirt-engine/api) instead of a transfer URL: create the transfer there (needs --run; --cafile/--insecure apply to it)' },
+  { name: 'username', type: 'string', arg: 'USER', group: 'engine', describe: 'Engine user, e.g. admin@internal' },
+  { name: 'password-file', type: 'string', arg: 'FILE', group: 'engine', describe: "File whose first line is the user's password" },
+  { name: 'disk-id', type: 'string', arg: 'ID', group: 'engine', describe: 'Transfer to or from this existing disk' },
+  { name: 'create-disk', type: 'flag', group: 'engine', describe: 'Upload into a new disk (with --storage-domain and --size); removed again if the upload fails' },
+  { name: 'storage-domain', type: 'string', arg: 'NAME', group: 'engine', describe: 'Storage domain of the new disk' },
+  { name: 'disk-name', type: 'string', arg: 'NAME', group: 'engine', describe: 'Name of the new disk (default imageio-nbd-upload)' },
+  { name: 'disk-format', type: 'string', arg: 'raw|cow', group: 'engine', describe: 'Format of the new disk (default raw; the transfer itself is always raw data)' },
+  { name: 'sparse', type: 'flag', group: 'engine', describe: 'Make the new disk thin-provisioned' },
+  { name: 'direction', type: 'string', arg: 'upload|download', group: 'engine', describe: 'upload (default) writes the disk, download reads it (a read-only export)' },
+  { name: 'host', type: 'string', arg: 'NAME', group: 'engine', describe: 'Run the transfer on this host instead of choosing one (default: this machine if it can, else the least busy)' },
+  { name: 'inactivity-timeout', type: 'string', arg: 'S', group: 'engine', describe: 'Seconds without client activity before the engine pauses the transfer (default 120; keep-alives go well within it)' },
+  { name: 'engine-timeout', type: 'string', arg: 'S', group: 'engine', describe: 'Seconds to wait for each engine step: disk ready, transfer ready, finalize (default 300)' },
+
   // What the command prints.
   { name: 'stats', type: 'string', arg: 'FILE', optionalValue: true, group: 'output', describe: 'At exit: nbdkit stats-filter lines, http and process lines, on stderr or in FILE (--stats FILE works too)' },
   { name: 'progress', type: 'string', arg: 'N', optionalValue: true, group: 'output', describe: 'Progress every N seconds (default 5) on stderr: done, rate, ETA, and a final line' },
@@ -97,6 +112,7 @@ export const UNSUPPORTED_NBDKIT_OPTIONS: ReadonlyArray<{ name: string; short?: s
 export const GROUP_TITLES: Record<OptionGroup, string> = {
   nbdkit: "nbdkit's options (nbdkit's meaning):",
   imageio: 'imageio options:',
+  engine: 'oVirt engine options (instead of a URL; need --run):',
   output: 'output options:',
 };
 

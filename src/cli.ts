@@ -65,13 +65,33 @@ export async function main(argv: string[]): Promise<number> {
       const { runImageioServerCommand } = require('./imageio-server/command') as typeof import('./imageio-server/command');
       return runImageioServerCommand(parsed.argv);
     }
+    case 'engine-server': {
+      const { runEngineServerCommand } = require('./engine-server/command') as typeof import('./engine-server/command');
+      return runEngineServerCommand(parsed.argv);
+    }
     case 'run':
       break;
   }
   const config = parsed.config;
   const detached = await daemonizeIfAsked(config.foreground, argv);
   if (detached !== undefined) return detached;
+  if (config.engine) {
+    // Engine mode: get the transfer from the oVirt engine, serve it, then finalize or cancel it.
+    const { runEngineMode } = require('./engine/engine-mode') as typeof import('./engine/engine-mode');
+    const logger = createLogger({ verbose: config.verbose, format: config.logFormat });
+    return runEngineMode(config, logger, (cfg, _logger, hooks) => new Command(cfg, hooks).serve());
+  }
   return new Command(config).serve();
+}
+
+/** Observers of one serve() run (engine mode finalizes or cancels the transfer from them). */
+export interface ServeHooks {
+  /** Serving started; `stop` ends the --run command (SIGTERM) and shuts down as a signal would, exiting with `status`. */
+  onStart?(stop: (reason: string, status: number) => void): void;
+  /** The --run command exited with this status. */
+  onRunExit?(status: number): void;
+  /** Shutdown finished: why, and whether written data could not be flushed. */
+  onShutdown?(reason: string, dataLost: boolean): void;
 }
 
 /** Listen errors as a person reads them: what could not be done, why, what to do. */
@@ -148,7 +168,10 @@ class Command {
   private progress?: ProgressReporter;
   private statsFd?: number;
 
-  constructor(private readonly config: RunConfig) {
+  constructor(
+    private readonly config: RunConfig,
+    private readonly hooks: ServeHooks = {},
+  ) {
     this.logger = createLogger({
       verbose: config.verbose,
       format: config.logFormat,
@@ -366,6 +389,7 @@ class Command {
         if (privateDir) fs.rmSync(privateDir, { recursive: true, force: true });
         this.progress?.finish();
         if (c.stats !== undefined) this.writeStats(stack);
+        this.hooks.onShutdown?.(reason, closeFailed || stack.journal.writesFailed);
         const summary = stack.journal.summarize();
         if (summary) this.say('error', summary);
         else if (this.held > 0) this.say('warn', `${this.held} warning${this.held === 1 ? '' : 's'} from the layers below; run with -v to see them`);
@@ -396,6 +420,12 @@ class Command {
         process.on(sig, onSignal);
       }
       if (earlySignal) onSignal(earlySignal);
+      let runChild: ReturnType<typeof spawn> | undefined;
+      // A stop from a hook also ends the --run command: it has nothing left to work on.
+      this.hooks.onStart?.((reason, status) => {
+        if (runChild && runChild.exitCode === null && runChild.signalCode === null) runChild.kill('SIGTERM');
+        finish(reason, status);
+      });
 
       if (c.exitWithParent) {
         const parent = process.ppid;
@@ -414,13 +444,14 @@ class Command {
           unixsocket: where.unix ?? '',
           port: where.port !== undefined ? String(where.port) : '',
         };
-        const child = spawn('/bin/sh', ['-c', c.run], { stdio: 'inherit', env });
+        const child = (runChild = spawn('/bin/sh', ['-c', c.run], { stdio: 'inherit', env }));
         child.on('error', (err) => {
           this.say('error', `--run command failed to start: ${err.message}`);
           finish('--run command failed', 1);
         });
         child.on('exit', (code, signal) => {
           exitCode = code ?? (signal ? 128 + (os.constants.signals[signal] ?? 0) : 1);
+          this.hooks.onRunExit?.(exitCode);
           finish(`--run command exited with status ${exitCode}`, exitCode);
         });
       }

@@ -13,6 +13,7 @@ import { parseSize } from './size';
 import { NBD_DEFAULT_PORT } from '../protocol/constants';
 import { OPTIONS, UNSUPPORTED_NBDKIT_OPTIONS } from './cli-options';
 import { helpText } from './help';
+import { engineConfigFrom, type EngineConfig } from './engine/options';
 
 export const VERSION = '0.1.0';
 
@@ -64,6 +65,8 @@ export interface RunConfig {
   progress?: number;
   /** Options accepted for nbdkit compatibility that do nothing here, for a debug line. */
   ignored: string[];
+  /** Engine mode (--engine): the transfer URL is obtained from the oVirt engine; `url` is '' until then. */
+  engine?: EngineConfig;
 }
 
 /** nbdkit's informational modes, answered in nbdkit's format (see nbdkit-compat.ts). */
@@ -74,7 +77,8 @@ export type ParseResult =
   | { kind: 'help'; text: string }
   | { kind: 'version'; text: string }
   | { kind: 'info'; info: InfoKind; plugin?: string }
-  | { kind: 'imageio-server'; argv: string[] };
+  | { kind: 'imageio-server'; argv: string[] }
+  | { kind: 'engine-server'; argv: string[] };
 
 /** The defaults of every option, in the units RunConfig uses. */
 export const CLI_DEFAULTS = {
@@ -214,6 +218,7 @@ function normalizeUrl(url: string): string {
 /** Parse argv (without node and script). Throws ConfigError with one clear line on bad input. */
 export async function parseArgs(argv: string[]): Promise<ParseResult> {
   if (argv[0] === 'imageio-server') return { kind: 'imageio-server', argv: argv.slice(1) };
+  if (argv[0] === 'engine-server') return { kind: 'engine-server', argv: argv.slice(1) };
   const { args, statsCandidate } = normalizeArgv(argv);
   const a = (await buildParser(args).parseAsync()) as Record<string, unknown>;
   if (a.h) return { kind: 'help', text: helpText() };
@@ -289,10 +294,12 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
         throw new ConfigError(`unknown parameter '${key}=': expected url=, size=, cafile=, insecure=, is_ovirt_host=`);
     }
   }
-  if (url === undefined || url === '') {
+  const engine = engineConfigFrom(a);
+  if (engine && url !== undefined) throw new ConfigError('give either a transfer URL or --engine, not both');
+  if (engine) url = '';
+  else if (url === undefined || url === '') {
     throw new ConfigError('missing URL: give an imageio transfer URL, a disk image path or memory:SIZE (see --help)');
-  }
-  url = normalizeUrl(url);
+  } else url = normalizeUrl(url);
 
   const sizeText = text(a.size) ?? kv.size;
   const size = sizeText !== undefined ? parseSize(sizeText, 'size') : undefined;
@@ -380,7 +387,7 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     retries: wholeNumber(a.retries, '--retries', 0, 100) ?? CLI_DEFAULTS.retries,
     keepAliveMs: Math.round((seconds(a.keepalive, '--keepalive', 0.1, 86400) ?? CLI_DEFAULTS.keepAliveSeconds) * 1000),
     listen,
-    readonly: Boolean(a.r),
+    readonly: Boolean(a.r) || engine?.direction === 'download',
     exportName: text(a.e) ?? '',
     // nbdkit: --run, --exit-with-parent and -s all imply --foreground.
     foreground: Boolean(a.f) || run !== undefined || Boolean(a['exit-with-parent']) || single,
@@ -393,6 +400,7 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     stats,
     progress,
     ignored,
+    engine,
   };
   return { kind: 'run', config };
 }

@@ -105,3 +105,21 @@ export function describeError(err: unknown): string {
   }
   return parts.join(': ');
 }
+
+/**
+ * The oVirt engine refused a request, could not be reached, or an image transfer or disk did not
+ * reach the state we wait for. `status` is the HTTP status when the engine answered.
+ * Codes: ERR_ENGINE (an HTTP error), ERR_ENGINE_AUTH (login), ERR_ENGINE_UNREACHABLE,
+ * ERR_ENGINE_TIMEOUT (a wait ran out), ERR_TRANSFER (a transfer phase we cannot go on from),
+ * ERR_PLACEMENT (no host can run the transfer), ERR_INTERRUPTED (a signal).
+ */
+export class EngineError extends ImageioNbdError {
+  constructor(
+    code: string,
+    message: string,
+    readonly status?: number,
+    options?: { cause?: unknown },
+  ) {
+    super(code, message, options);
+  }
+}

@@ -6,7 +6,10 @@ import { GROUP_TITLES, OPTIONS, PLUGIN_PARAMETERS, UNSUPPORTED_NBDKIT_OPTIONS, o
 
 const USAGE = `Usage: imageio-nbd [OPTIONS] URL
        imageio-nbd [OPTIONS] [python [script=]PLUGIN.py] url=URL [size=N] [cafile=F] [insecure=true] [is_ovirt_host=true]
+       imageio-nbd --engine API-URL --username U --password-file F (--disk-id ID | --create-disk --storage-domain SD --size N) --run CMD
        imageio-nbd imageio-server --image FILE [...]   (a built-in imageio-compatible server; --help for its options)
+       imageio-nbd engine-server [--hosts N] [...]      (a fake oVirt engine for tests and demos; --help for its options)
+       imageio-nbd verify FILE URL                       (compare a local image with imageio's checksum of the transfer)
 
 Serves URL as an NBD export, in the manner of nbdkit. URL is an oVirt imageio transfer URL
 (https://HOST:54322/images/TICKET, or http://...), a disk image (a path, or file:///absolute/path),

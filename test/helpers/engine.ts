@@ -1,0 +1,66 @@
+/**
+ * Engine-mode test helpers: a fake oVirt engine in this process (HTTPS with the test CA, with a
+ * control socket that --run scripts can curl), the command-line arguments that point
+ * imageio-nbd at it, and the check every test ends with: no transfer left open, no disk locked.
+ */
+import { writeFileSync } from 'node:fs';
+import { FakeEngine, type FakeEngineOptions } from '../../src/engine-server/fake-engine';
+import { EngineControlServer } from '../../src/engine-server/control';
+import type { TransferState } from '../../src/engine-server/entities';
+import type { TestPki, TmpDir } from './cli';
+import { waitFor } from './cli';
+
+export interface TestEngine {
+  engine: FakeEngine;
+  /** Control socket: curl --unix-socket "$CTL" -X POST http://x/tokens/expire */
+  control: string;
+  /** imageio-nbd arguments that log in to this engine (HTTPS verified with the test CA); add --engine-timeout. */
+  args: string[];
+  stop(): Promise<void>;
+}
+
+export async function startTestEngine(dir: TmpDir, pki: TestPki, opts: Partial<FakeEngineOptions> = {}): Promise<TestEngine> {
+  const engine = new FakeEngine({ dir: dir.file('engine'), tls: { cert: pki.cert, key: pki.key }, stepMs: 50, ...opts });
+  await engine.start();
+  const control = new EngineControlServer(engine, dir.file('engine-ctl.sock'));
+  await control.start();
+  const pw = dir.file('password');
+  writeFileSync(pw, `${engine.password}\n`);
+  return {
+    engine,
+    control: control.path,
+    args: ['--engine', engine.apiUrl, '--username', engine.username, '--password-file', pw, '--cafile', pki.ca],
+    stop: async () => {
+      await control.close().catch(() => undefined);
+      await engine.close();
+    },
+  };
+}
+
+/** A transfer is settled once the engine has ended it (finished_cleanup is followed by finished_failure). */
+const SETTLED = new Set(['finished_success', 'finished_failure']);
+
+/**
+ * Wait (bounded) until every transfer has ended and no disk is locked, and check that none of
+ * `goneDiskNames` exists any more. Returns the transfers.
+ */
+export async function expectNothingLeft(engine: FakeEngine, goneDiskNames: string[] = []): Promise<TransferState[]> {
+  await waitFor(
+    () => {
+      const st = engine.state();
+      return st.transfers.every((t) => SETTLED.has(t.phase)) && st.disks.every((d) => d.status !== 'locked');
+    },
+    'every transfer to end and every disk to unlock',
+    10_000,
+  ).catch(() => {
+    throw new Error(`left behind: ${JSON.stringify(engine.state().transfers.map((t) => t.phase))} ${JSON.stringify(engine.state().disks.map((d) => [d.name, d.status]))}`);
+  });
+  const st = engine.state();
+  expect(st.disks.filter((d) => goneDiskNames.includes(d.name)).map((d) => d.name)).toEqual([]);
+  return st.transfers;
+}
+
+/** Environment for imageio-nbd: this machine's hardware id comes from `uuidFile` (default: none). */
+export function engineEnv(extra: NodeJS.ProcessEnv = {}, uuidFile = '/nonexistent/product_uuid'): NodeJS.ProcessEnv {
+  return { ...process.env, IMAGEIO_NBD_PRODUCT_UUID_FILE: uuidFile, ...extra };
+}
