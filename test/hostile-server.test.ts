@@ -225,8 +225,12 @@ describe.each(ROWS)('hostile imageio: $name', (row) => {
       if (op === 'write' || op === 'flush' || (op === 'zero' && TIMEOUTS.has(row.behaviour.type))) expect(res.flush).toBe('EIO');
       // ... and it is not sent again: a retry could land before the original, which then
       // overwrites what was written after it.
+      // (The four writes may go out as more than one PUT if the coalescing idle timer fires
+      // between them on a loaded machine: what must never happen is one range sent twice.)
       if ((op === 'write' || op === 'zero') && TIMEOUTS.has(row.behaviour.type)) {
-        expect(h.requests(OP_KIND[op]).filter((l) => l.behaviour === row.behaviour.type).length).toBe(1);
+        const sent = h.requests(OP_KIND[op]).filter((l) => l.behaviour === row.behaviour.type);
+        expect(sent.length).toBeGreaterThanOrEqual(1);
+        expect(new Set(sent.map((l) => `${l.offset}+${l.length}`)).size).toBe(sent.length);
       }
       if (row.within) {
         const seconds = op === 'read' ? res.read_s : op === 'flush' ? res.flush_s : Number(res[`${op}_s`]) + Number(res.flush_s);
