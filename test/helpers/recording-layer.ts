@@ -2,8 +2,15 @@
  * Test-only layer: records every call that reaches it, can delay calls, hold them until
  * released, and fail chosen ones with BackendError EIO. Also checks, as the imageio pool would
  * need, that no two overlapping modifying calls (write, zero, trim) ever run at the same time.
+ *
+ * Payloads: it owns what pwrite/pwritev hand it (src/backend.ts). The layer below gets a copy
+ * made when the call reaches it, and the buffers handed over are released once the call
+ * settles (failed calls too), so tests can check that the layer above released everything
+ * exactly once whatever the layer below does with buffers. pwritev is recorded as a 'pwrite'
+ * with `segments` > 1.
  */
 import { PassthroughLayer, type Backend, type WriteFlags, type ZeroFlags } from '../../src/backend';
+import { releaseBuffers } from '../../src/buffers';
 import { BackendError } from '../../src/errors';
 import { NbdError } from '../../protocol/constants';
 
@@ -20,6 +27,8 @@ export interface Call {
   failed?: boolean;
   /** Sequence number in arrival order. */
   seq: number;
+  /** Buffers of a pwrite/pwritev. */
+  segments?: number;
 }
 
 export interface RecordingOptions {
@@ -70,7 +79,20 @@ export class RecordingLayer extends PassthroughLayer {
     return this.run('pread', offset, length, false, () => super.pread(offset, length));
   }
   override pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
-    return this.run('pwrite', offset, data.length, !!flags?.fua, () => super.pwrite(data, offset, flags));
+    return this.pwritev([data], offset, flags);
+  }
+  override pwritev(data: readonly Buffer[], offset: number, flags?: WriteFlags): Promise<void> {
+    let length = 0;
+    for (const b of data) length += b.length;
+    const p = this.run(
+      'pwrite',
+      offset,
+      length,
+      !!flags?.fua,
+      () => this.inner.pwrite(Buffer.concat(data as Buffer[], length), offset, flags),
+      data.length,
+    );
+    return p.finally(() => releaseBuffers(data));
   }
   override zero(offset: number, length: number, flags?: ZeroFlags): Promise<void> {
     return this.run('zero', offset, length, !!flags?.fua, () => super.zero(offset, length, flags));
@@ -88,8 +110,15 @@ export class RecordingLayer extends PassthroughLayer {
     return this.run('close', 0, 0, false, () => super.close());
   }
 
-  private async run<T>(op: Op, offset: number, length: number, fua: boolean, fn: () => Promise<T>): Promise<T> {
-    const call: Call = { op, offset, length, fua, start: Date.now() - this.t0, seq: this.calls.length };
+  private async run<T>(
+    op: Op,
+    offset: number,
+    length: number,
+    fua: boolean,
+    fn: () => Promise<T>,
+    segments?: number,
+  ): Promise<T> {
+    const call: Call = { op, offset, length, fua, start: Date.now() - this.t0, seq: this.calls.length, segments };
     this.calls.push(call);
     this.inFlight++;
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
