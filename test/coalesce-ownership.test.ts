@@ -47,8 +47,8 @@ class CapturingBackend implements Backend {
   pread(offset: number, length: number): Promise<Buffer> {
     return this.opts.readResult ? Promise.resolve(this.opts.readResult()) : this.mem.pread(offset, length);
   }
-  pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
-    return this.pwritev([data], offset, flags);
+  pwrite(data: Buffer, offset: number, _flags?: WriteFlags): Promise<void> {
+    return this.pwritev([data], offset);
   }
   pwritev(segs: readonly Buffer[], offset: number): Promise<void> {
     const bytes = Buffer.concat(segs as Buffer[]);
