@@ -288,8 +288,10 @@ export class CoalesceLayer implements Backend {
     try {
       const base = await this.inner.pread(offset, length);
       out = base;
-      if (bufferRefs(base) > 1) {
-        // Shared with others (a read-ahead window): overlay into a buffer of our own.
+      if (bufferRefs(base) !== 1) {
+        // Maybe shared (a slice of a read-ahead window; a buffer no pool counts could be one
+        // too): overlay into a buffer of our own. Only a pooled buffer we alone hold is ours
+        // to write into.
         out = this.pool.tryAllocate(length) ?? (await this.pool.allocate(length));
         base.copy(out);
         releaseBuffer(base);
