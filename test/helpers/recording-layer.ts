@@ -10,7 +10,7 @@
  * with `segments` > 1.
  */
 import { PassthroughLayer, type Backend, type WriteFlags, type ZeroFlags } from '../../src/backend';
-import { releaseBuffers } from '../../src/buffers';
+import { releaseBuffer, releaseBuffers, type PayloadPool } from '../../src/buffers';
 import { BackendError } from '../../src/errors';
 import { NbdError } from '../../protocol/constants';
 
@@ -36,6 +36,8 @@ export interface RecordingOptions {
   delay?: (call: Call) => number;
   /** Return true to fail this call with EIO instead of passing it on. */
   fail?: (call: Call) => boolean;
+  /** Answer reads with buffers from this pool (as a backend reading into pooled memory). */
+  readPool?: PayloadPool;
 }
 
 export class RecordingLayer extends PassthroughLayer {
@@ -76,7 +78,15 @@ export class RecordingLayer extends PassthroughLayer {
   }
 
   override pread(offset: number, length: number): Promise<Buffer> {
-    return this.run('pread', offset, length, false, () => super.pread(offset, length));
+    return this.run('pread', offset, length, false, async () => {
+      const data = await super.pread(offset, length);
+      const pool = this.opts.readPool;
+      if (!pool) return data;
+      const out = pool.tryAllocate(length) ?? (await pool.allocate(length));
+      data.copy(out);
+      releaseBuffer(data);
+      return out;
+    });
   }
   override pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
     return this.pwritev([data], offset, flags);
