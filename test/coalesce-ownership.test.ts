@@ -163,6 +163,7 @@ describe('CoalesceLayer keeps payloads by reference', () => {
     for (let i = 0; i < 4; i++) releaseBuffer(filled(pool, 64 * KiB, 0xee));
     const got = await layer.pread(32 * KiB, 64 * KiB);
     expect(got.equals(Buffer.concat([Buffer.alloc(32 * KiB, 1), Buffer.alloc(32 * KiB, 2)]))).toBe(true);
+    releaseBuffer(got);
     inner.finishAll();
     await layer.close();
     expect(pool.liveBytes).toBe(0);
@@ -233,12 +234,30 @@ describe('CoalesceLayer releases every buffer exactly once', () => {
 });
 
 describe('CoalesceLayer read overlays and the ownership of read results', () => {
-  test('a result the caller owns alone is overlaid in place', async () => {
+  test('a plain Buffer from below is not written into: the overlay goes into a pooled buffer', async () => {
     const pool = new PayloadPool();
-    const inner = new CapturingBackend(MiB, { readResult: () => pool.tryAllocate(64 * KiB)!.fill(0) });
+    const plain = Buffer.alloc(64 * KiB);
+    const inner = new CapturingBackend(MiB, { readResult: () => plain });
     const layer = new CoalesceLayer(inner, { requestSize: MiB, idleMs: 0, pool });
     await layer.pwrite(filled(pool, 4 * KiB, 5), 8 * KiB);
     const got = await layer.pread(0, 64 * KiB);
+    expect(got).not.toBe(plain);
+    expect(plain.every((b) => b === 0)).toBe(true);
+    expect(got.subarray(8 * KiB, 12 * KiB).every((b) => b === 5)).toBe(true);
+    releaseBuffer(got);
+    inner.finishFromNowOn();
+    await layer.close();
+    expect(pool.liveBytes).toBe(0);
+  });
+
+  test('a result the caller owns alone is overlaid in place', async () => {
+    const pool = new PayloadPool();
+    let base: Buffer | undefined;
+    const inner = new CapturingBackend(MiB, { readResult: () => (base = pool.tryAllocate(64 * KiB)!.fill(0)) });
+    const layer = new CoalesceLayer(inner, { requestSize: MiB, idleMs: 0, pool });
+    await layer.pwrite(filled(pool, 4 * KiB, 5), 8 * KiB);
+    const got = await layer.pread(0, 64 * KiB);
+    expect(got).toBe(base);
     expect(bufferRefs(got)).toBe(1);
     expect(got.subarray(8 * KiB, 12 * KiB).every((b) => b === 5)).toBe(true);
     expect(got[0]).toBe(0);
