@@ -1,6 +1,7 @@
 /**
  * Test and benchmark backend that keeps nothing: writes are counted and their buffers released
- * at once (or after `delayMs`, like a slow server), reads return zeroes in buffers from `pool`.
+ * at once (or after `delayMs`, like a slow server); reads return buffers from `pool` whose
+ * contents are undefined (only their handling is measured).
  */
 import type { Backend, Capabilities, Extent, WriteFlags, ZeroFlags } from '../../src/backend';
 import { releaseBuffer, releaseBuffers, payloadPool, type PayloadPool } from '../../src/buffers';
@@ -41,8 +42,7 @@ export class NullBackend implements Backend {
     this.reads++;
     this.readBytes += length;
     if (this.delayMs > 0) await sleep(this.delayMs);
-    const buf = this.pool.tryAllocate(length) ?? (await this.pool.allocate(length));
-    return buf.fill(0);
+    return this.pool.tryAllocate(length) ?? (await this.pool.allocate(length));
   }
 
   async pwrite(data: Buffer, _offset: number, _flags?: WriteFlags): Promise<void> {
