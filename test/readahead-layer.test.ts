@@ -100,6 +100,18 @@ describe('ReadaheadLayer: request sizes and bytes fetched', () => {
     expect(pool.liveBytes).toBe(0);
   });
 
+  test('a second pass over data already read still gets windows', async () => {
+    const { mem, model } = await disk(32 * MiB);
+    const { pool, layer, reads, fetched } = setup(mem);
+    await readStream(layer, model, 0, 32 * MiB, 256 * KiB, 16);
+    const first = reads().length;
+    await readStream(layer, model, 0, 32 * MiB, 256 * KiB, 16);
+    expect(reads().length - first).toBeLessThanOrEqual(12);
+    expect(fetched()).toBeLessThanOrEqual(2 * 1.02 * 32 * MiB);
+    await layer.close();
+    expect(pool.liveBytes).toBe(0);
+  });
+
   test('read-ahead stops at the end of each data extent: holes are never read', async () => {
     const data: Array<[number, number]> = [
       [0, 5 * MiB],

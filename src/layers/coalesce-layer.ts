@@ -284,10 +284,9 @@ export class CoalesceLayer implements Backend {
     }
     if (!overlays) return this.inner.pread(offset, length);
 
-    let out: Buffer | undefined;
     try {
       const base = await this.inner.pread(offset, length);
-      out = base;
+      let out = base;
       if (bufferRefs(base) !== 1) {
         // Maybe shared (a slice of a read-ahead window; a buffer no pool counts could be one
         // too): overlay into a buffer of our own. Only a pooled buffer we alone hold is ours
@@ -315,7 +314,7 @@ export class CoalesceLayer implements Backend {
     this.counters.writesIn++;
     this.counters.bytesIn += n;
     if (flags?.fua || n >= this.directWriteSize) {
-      // Durable before the reply, or already a big request (virt-v2v's nbdcopy sends 4 MiB).
+      // Durable before the reply, or a whole request already.
       this.counters.passthroughWrites++;
       return this.writeDirect(data, offset, flags);
     }

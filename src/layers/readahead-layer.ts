@@ -301,12 +301,13 @@ export class ReadaheadLayer extends PassthroughLayer {
       if (free < min) return this.windows.length > 0 ? NO_ROOM : undefined;
       size = Math.min(size, free);
     }
-    // Not over a later window (one prefetched for this stream, or another stream's), nor over
-    // what was read already.
+    // Not over a later window (one prefetched for this stream, or another stream's), nor into
+    // what was read already. (A client reading a range again gets windows for what it asks, but
+    // no prefetch there.)
     let end = offset + size;
     for (const o of this.windows) if (o.live && o.offset > offset && o.offset < end) end = o.offset;
     for (const r of this.readRanges) {
-      if (r.start <= offset && offset < r.end) return undefined;
+      if (prefetch && r.start <= offset && offset < r.end) return undefined;
       if (r.start > offset && r.start < end) end = r.start;
     }
     if (end - offset < need || end === offset) return undefined;
