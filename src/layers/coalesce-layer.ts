@@ -77,7 +77,7 @@ export interface CoalesceOptions {
    * a write of a whole request is one already. At most requestSize + 1 (only bigger writes).
    */
   directWriteSize?: number;
-  /** Send an open run after about this many ms (up to twice) without new writes to it. Default 10; 0 disables. */
+  /** Send an open run after this many ms without new writes to it. Default 10; 0 disables. */
   idleMs?: number;
   /** Copy writes whose buffers no payload pool counts into pooled buffers (default true). */
   copyUnpooled?: boolean;
@@ -131,10 +131,8 @@ interface Run {
   offset: number;
   end: number;
   segs: Buffer[];
-  /** Written since the idle sweep last looked. */
-  touched: boolean;
-  /** Recency, for evicting the least recently written run. */
-  lastUse: number;
+  /** When it was last written (performance.now()): idle timeout, and eviction of the least recent. */
+  lastWrite: number;
 }
 
 /** An operation in the send queue: a committed run, a client's direct write, a zero or trim. */
@@ -175,8 +173,8 @@ export class CoalesceLayer implements Backend {
 
   /** Open runs; disjoint; at most maxOpenBuffers. */
   private readonly open: Run[] = [];
-  private useClock = 0;
-  private sweepTimer?: NodeJS.Timeout;
+  /** The idle timer, one for the layer: due when the least recently written run idles out. */
+  private idleTimer?: NodeJS.Timeout;
   /** Committed, unsettled items in commit order. */
   private committed: Pending[] = [];
 
@@ -410,7 +408,7 @@ export class CoalesceLayer implements Backend {
       failure = err;
       this.log.error({ err: describeError(err) }, 'coalesce: buffered data could not be written on close');
     }
-    this.stopSweep();
+    this.stopIdleTimer();
     try {
       await this.inner.close();
     } catch (err) {
@@ -490,6 +488,7 @@ export class CoalesceLayer implements Backend {
   private place(data: Buffer, offset: number): void {
     const cap = this.requestSize;
     const end = offset + data.length;
+    const now = performance.now();
     let pos = offset;
     let refUsed = false;
     while (pos < end) {
@@ -510,8 +509,7 @@ export class CoalesceLayer implements Backend {
       refUsed = true;
       run.segs.push(piece);
       run.end = stop;
-      run.touched = true;
-      run.lastUse = ++this.useClock;
+      run.lastWrite = now;
       if (stop - run.offset === cap) this.commit(run, 'full');
       pos = stop;
     }
@@ -523,35 +521,45 @@ export class CoalesceLayer implements Backend {
   private openRun(offset: number): Run {
     if (this.open.length >= this.maxOpenBuffers) {
       let lru = this.open[0];
-      for (const r of this.open) if (r.lastUse < lru.lastUse) lru = r;
+      for (const r of this.open) if (r.lastWrite < lru.lastWrite) lru = r;
       this.commit(lru, 'evicted');
     }
-    const run: Run = { offset, end: offset, segs: [], touched: true, lastUse: 0 };
+    const run: Run = { offset, end: offset, segs: [], lastWrite: performance.now() };
     this.open.push(run);
-    if (this.idleMs > 0 && !this.sweepTimer) this.sweepTimer = setInterval(() => this.sweep(), this.idleMs);
+    // Every other open run was written no later than this one: an armed timer is due first.
+    if (this.idleMs > 0 && !this.idleTimer) this.armIdleTimer(run.lastWrite + this.idleMs);
     return run;
   }
 
-  /**
-   * The idle timer: one for the layer, not one per run or write. A run is sent once a whole
-   * period passed without writes to it, unless a write that would extend it waits for memory.
-   */
-  private sweep(): void {
-    for (let i = 0; i < this.open.length; ) {
-      const r = this.open[i];
-      if (r.touched || this.waitingAt.has(r.end)) {
-        r.touched = false;
-        i++;
-      } else {
-        this.commit(r, 'idle'); // removes it from this.open
-      }
-    }
-    if (this.open.length === 0) this.stopSweep();
+  private armIdleTimer(due: number): void {
+    this.idleTimer = setTimeout(() => this.onIdleTimer(), Math.max(1, Math.ceil(due - performance.now())));
   }
 
-  private stopSweep(): void {
-    if (this.sweepTimer) clearInterval(this.sweepTimer);
-    this.sweepTimer = undefined;
+  private stopIdleTimer(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+  }
+
+  /**
+   * Send the runs nobody wrote to for idleMs, unless a write that would extend one waits for
+   * memory (it counts as a write now); then wait for the next run to idle out. One timer for
+   * the layer; writes only note their time, so the hot path never touches a timer.
+   */
+  private onIdleTimer(): void {
+    this.idleTimer = undefined;
+    const now = performance.now();
+    let next = Infinity;
+    for (let i = 0; i < this.open.length; ) {
+      const r = this.open[i];
+      if (this.waitingAt.has(r.end)) r.lastWrite = now;
+      if (now - r.lastWrite >= this.idleMs) {
+        this.commit(r, 'idle'); // removes it from this.open
+      } else {
+        next = Math.min(next, r.lastWrite + this.idleMs);
+        i++;
+      }
+    }
+    if (next !== Infinity) this.armIdleTimer(next);
   }
 
   /** Commit every open run overlapping [start, end) except `keep`. */

@@ -11,13 +11,18 @@
  * Promises (on top of the Backend ones):
  * - Never fetched beyond what the client will read: a window never extends past the data
  *   extent it starts in (when the inner backend reports extents: holes and zero ranges are
- *   never read ahead, clients skip them after asking block status) nor past the export. A
- *   read in a hole or zero range, or that is not part of a sequential stream, goes straight
- *   through. So bytes fetched stay within a few percent of the bytes the client reads.
+ *   never read ahead, clients skip them after asking block status), past the export, or into
+ *   a range clients already read (several connections each reading their own part of a disk:
+ *   what follows one part is the start of another). A read in a hole or zero range, or that
+ *   is not part of a sequential stream, goes straight through. So bytes fetched stay within a
+ *   few percent of the bytes the client reads.
  * - Bounded memory: windows held (fetching or ready) total at most `maxWindows` x
- *   `windowSize` bytes. A read that finds no room goes straight through; a window nobody
- *   read for `staleMs` may be dropped to make room. Windows are dropped (this layer's
- *   reference released) as soon as a read reaches their last byte.
+ *   `windowSize` bytes. A window is dropped (this layer's reference released) as soon as a
+ *   read reaches its last byte. A sequential read that finds no room waits for that (the
+ *   windows ahead of it are being read), at most `staleMs`, after which a window nobody read
+ *   for `staleMs` is dropped to make room, or the read goes straight through. A prefetch (the
+ *   next window of a stream, started when a read passes the middle of the current one) is
+ *   made only with a window's worth of room to spare, so a new stream always finds some.
  * - Payload ownership (src/backend.ts): a read's result is a subarray of a window with a
  *   reference of its own (retainBuffer), which the caller releases; the window's memory is
  *   reused once the last slice and the window are released. A read spanning two windows gets
