@@ -185,6 +185,28 @@ describe('CoalesceLayer merging', () => {
     await layer.close();
   });
 
+  test('a run is sent idleMs after its last write: not earlier, not a period later', async () => {
+    jest.useFakeTimers();
+    try {
+      const { inner, layer } = stack(MiB, { requestSize: 64 * KiB, idleMs: 10 });
+      await layer.pwrite(Buffer.alloc(KiB, 1), 0);
+      await jest.advanceTimersByTimeAsync(6);
+      await layer.pwrite(Buffer.alloc(KiB, 2), KiB); // extends it: due at 16 ms now
+      await layer.pwrite(Buffer.alloc(KiB, 3), 512 * KiB); // another run, due at 16 ms too
+      await jest.advanceTimersByTimeAsync(9);
+      expect(inner.writes()).toHaveLength(0);
+      await jest.advanceTimersByTimeAsync(2);
+      expect(inner.writes().map((c) => [c.offset, c.length])).toEqual([
+        [0, 2 * KiB],
+        [512 * KiB, KiB],
+      ]);
+      expect(layer.stats().sentIdle).toBe(2);
+      await layer.close();
+    } finally {
+      jest.useRealTimers();
+    }
+  });
+
   test('too many open buffers: the least recently written is sent', async () => {
     const { inner, layer } = stack(MiB, { requestSize: 64 * KiB, maxOpenBuffers: 2 });
     await layer.pwrite(Buffer.alloc(KiB, 1), 0);
