@@ -96,6 +96,13 @@ interface Window {
 
 const NO_ROOM = Symbol('no room');
 
+interface RoomWaiter {
+  offset: number;
+  need: number;
+  /** false: no window can be made for it (it goes straight through); true: look again. */
+  resolve: (again: boolean) => void;
+}
+
 /** Read ends remembered to recognise the next read of a stream (4 connections x 64 in flight). */
 const EXPECT_SLOTS = 512;
 /** Ranges remembered as already read (merged, so about one per stream). */
@@ -124,9 +131,16 @@ export class ReadaheadLayer extends PassthroughLayer {
   /** Bumped by every write-type call: extents learned across one may be stale. */
   private writeEpoch = 0;
   private closed = false;
-  /** Reads waiting for room for a window; woken together whenever room may have come back. */
-  private roomWaiters: Array<() => void> = [];
-  /** One timer for all of them, so a stale window is noticed without a timer per read. */
+  /** When a window last started or finished loading, or answered a read (Date.now()). */
+  private lastProgress = Date.now();
+  /**
+   * Sequential reads waiting for room for a window, first come first served: room that comes
+   * back goes to the first of them (a window is started for it here), so a stream's windows
+   * are made in its order and a read far ahead never takes the room its predecessors wait for.
+   */
+  private roomWaiters: RoomWaiter[] = [];
+  private granting = false;
+  /** One timer for all of them, so reading that stopped is noticed without a timer per read. */
   private roomTimer?: NodeJS.Timeout;
 
   private readonly counters: ReadaheadStats = {
@@ -177,7 +191,6 @@ export class ReadaheadLayer extends PassthroughLayer {
 
   private async readFrom(offset: number, length: number): Promise<Buffer> {
     const end = offset + length;
-    let waitedSince = 0;
     let sequential = false;
     // A few rounds at most: a window can fail or come out shorter while we wait for it.
     for (let round = 0; round < 3 && length > 0 && !this.closed; round++) {
@@ -185,17 +198,15 @@ export class ReadaheadLayer extends PassthroughLayer {
       if (!w) {
         if (!sequential && !this.continuesStream(offset)) break;
         sequential = true; // stays so while it waits, whatever the ring of read ends forgets
-        const started = this.startWindow(offset, length, false);
+        const started = this.roomWaiters.length > 0 ? NO_ROOM : this.startWindow(offset, length, false);
         if (started === NO_ROOM) {
           // The windows ahead of us are being read: room comes back as each is read to its
-          // end, sooner than a small request of our own would be answered. Not for ever: a
-          // window nobody reads any more can be dropped once stale.
-          const now = Date.now();
-          waitedSince ||= now;
-          if (now - waitedSince > this.staleMs) break;
-          await this.waitForRoom();
+          // end, sooner than a small request of our own would be answered. Unless reading
+          // has stopped (nothing answered for staleMs): then straight through.
+          if (Date.now() - this.lastProgress > this.staleMs) break;
+          if (!(await this.waitForRoom(offset, length))) break;
           round--;
-          continue;
+          continue; // the window started for us, if any, is found at the top
         }
         if (!started) break;
         w = started;
@@ -208,7 +219,7 @@ export class ReadaheadLayer extends PassthroughLayer {
       try {
         if (w.loading) await w.ready;
         if (!w.buf || offset >= w.end) continue; // failed, or shortened to the data extent
-        w.lastUse = Date.now();
+        w.lastUse = this.lastProgress = Date.now();
         if (end <= w.end) {
           const slice = w.buf.subarray(offset - w.offset, end - w.offset);
           retainBuffer(slice);
@@ -269,12 +280,16 @@ export class ReadaheadLayer extends PassthroughLayer {
   }
 
   private noteRead(start: number, end: number): void {
+    // Merge with every range it touches (it may join two), keeping the newest position.
     const ranges = this.readRanges;
-    for (const r of ranges) {
+    for (let i = 0; i < ranges.length; ) {
+      const r = ranges[i];
       if (start <= r.end && end >= r.start) {
-        r.start = Math.min(r.start, start);
-        r.end = Math.max(r.end, end);
-        return;
+        start = Math.min(r.start, start);
+        end = Math.max(r.end, end);
+        ranges.splice(i, 1);
+      } else {
+        i++;
       }
     }
     if (ranges.length >= READ_RANGES) ranges.shift();
@@ -331,6 +346,7 @@ export class ReadaheadLayer extends PassthroughLayer {
     };
     this.windows.push(w);
     this.hold(size);
+    this.lastProgress = w.lastUse;
     if (prefetch) this.counters.prefetches++;
     void this.load(w).finally(resolve);
     return w;
@@ -356,6 +372,7 @@ export class ReadaheadLayer extends PassthroughLayer {
       this.counters.windows++;
       this.counters.windowBytes += buf.length;
       w.buf = buf;
+      this.lastProgress = Date.now();
       // Dropped while loading and nobody waits: give the memory back now.
       if (!w.live && w.users === 0) this.releaseWindow(w);
     } catch {
@@ -416,22 +433,63 @@ export class ReadaheadLayer extends PassthroughLayer {
     return true;
   }
 
-  private waitForRoom(): Promise<void> {
-    const p = new Promise<void>((resolve) => this.roomWaiters.push(resolve));
-    this.roomTimer ??= setTimeout(() => {
-      this.roomTimer = undefined;
-      this.wakeRoomWaiters();
-    }, Math.max(1, this.staleMs / 2));
+  private waitForRoom(offset: number, need: number): Promise<boolean> {
+    const p = new Promise<boolean>((resolve) => this.roomWaiters.push({ offset, need, resolve }));
+    this.roomTimer ??= setTimeout(() => this.onRoomTimer(), Math.max(1, this.staleMs / 2));
     return p;
   }
 
+  /** Give room that came back to the waiting reads, in order, as far as it goes. */
+  private grantRoom(): void {
+    if (this.granting) return;
+    this.granting = true;
+    try {
+      // In order: a window for each waiting read while there is room. Reads that a window now
+      // covers (made here for an earlier read of their stream) need no room: they go on too.
+      const waiters = this.roomWaiters;
+      let full = false;
+      for (let i = 0; i < waiters.length; ) {
+        const h = waiters[i];
+        let started: Window | typeof NO_ROOM | undefined = this.windowAt(h.offset);
+        if (!started) {
+          if (full) {
+            i++;
+            continue;
+          }
+          started = this.startWindow(h.offset, h.need, false);
+          if (started === NO_ROOM) {
+            full = true;
+            i++;
+            continue;
+          }
+        }
+        waiters.splice(i, 1);
+        h.resolve(started !== undefined); // undefined: no window to be had; straight through
+      }
+    } finally {
+      this.granting = false;
+    }
+    if (this.roomWaiters.length === 0 && this.roomTimer) {
+      clearTimeout(this.roomTimer);
+      this.roomTimer = undefined;
+    }
+  }
+
+  /** Waiting reads look again: room may have come back by a stale window, or reading stopped. */
+  private onRoomTimer(): void {
+    this.roomTimer = undefined;
+    this.grantRoom();
+    if (Date.now() - this.lastProgress > this.staleMs) this.wakeRoomWaiters();
+    if (this.roomWaiters.length > 0) this.roomTimer = setTimeout(() => this.onRoomTimer(), Math.max(1, this.staleMs / 2));
+  }
+
+  /** Every waiting read looks again (close, or reading stopped). */
   private wakeRoomWaiters(): void {
     const waiters = this.roomWaiters;
-    if (waiters.length === 0) return;
     this.roomWaiters = [];
     if (this.roomTimer) clearTimeout(this.roomTimer);
     this.roomTimer = undefined;
-    for (const w of waiters) w();
+    for (const w of waiters) w.resolve(true);
   }
 
   /** Stop using `w`; its memory goes back once nobody is between finding it and slicing it. */
@@ -458,7 +516,7 @@ export class ReadaheadLayer extends PassthroughLayer {
 
   private unhold(n: number): void {
     this.heldBytes -= n;
-    if (n > 0) this.wakeRoomWaiters();
+    if (n > 0 && this.roomWaiters.length > 0) this.grantRoom();
   }
 
   // ---- calls that change data: drop what they overlap, before and after ----
