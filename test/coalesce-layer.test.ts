@@ -130,13 +130,23 @@ describe('CoalesceLayer merging', () => {
     }
   });
 
-  test('a rewrite inside an open buffer is merged in place', async () => {
-    const { inner, layer, mem } = stack(MiB, { requestSize: 64 * KiB });
+  test('a rewrite inside an open run sends the run first, then the rewrite on top of it', async () => {
+    const { inner, layer, mem } = stack(MiB, { requestSize: 64 * KiB }, { delay: () => 2 });
     await layer.pwrite(Buffer.alloc(8 * KiB, 1), 0);
     await layer.pwrite(Buffer.alloc(KiB, 2), 2 * KiB);
     await layer.pwrite(Buffer.alloc(8 * KiB, 3), 8 * KiB);
     await layer.flush();
-    expect(inner.writes()).toHaveLength(1);
+    const w = inner.writes();
+    expect(w.map((c) => [c.offset, c.length]).sort((a, b) => a[0] - b[0])).toEqual([
+      [0, 8 * KiB],
+      [2 * KiB, KiB],
+      [8 * KiB, 8 * KiB],
+    ]);
+    const first = w.find((c) => c.offset === 0)!;
+    const rewrite = w.find((c) => c.offset === 2 * KiB)!;
+    expect(rewrite.start).toBeGreaterThanOrEqual(first.end!);
+    expect(layer.stats().sentOverlap).toBe(1);
+    expect(inner.overlapViolations).toEqual([]);
     const got = await mem.pread(0, 16 * KiB);
     const want = Buffer.concat([Buffer.alloc(2 * KiB, 1), Buffer.alloc(KiB, 2), Buffer.alloc(5 * KiB, 1), Buffer.alloc(8 * KiB, 3)]);
     expect(got.equals(want)).toBe(true);
@@ -173,6 +183,28 @@ describe('CoalesceLayer merging', () => {
     expect(inner.writes()).toHaveLength(1);
     expect(layer.stats().sentIdle).toBe(1);
     await layer.close();
+  });
+
+  test('a run is sent idleMs after its last write: not earlier, not a period later', async () => {
+    jest.useFakeTimers();
+    try {
+      const { inner, layer } = stack(MiB, { requestSize: 64 * KiB, idleMs: 10 });
+      await layer.pwrite(Buffer.alloc(KiB, 1), 0);
+      await jest.advanceTimersByTimeAsync(6);
+      await layer.pwrite(Buffer.alloc(KiB, 2), KiB); // extends it: due at 16 ms now
+      await layer.pwrite(Buffer.alloc(KiB, 3), 512 * KiB); // another run, due at 16 ms too
+      await jest.advanceTimersByTimeAsync(9);
+      expect(inner.writes()).toHaveLength(0);
+      await jest.advanceTimersByTimeAsync(2);
+      expect(inner.writes().map((c) => [c.offset, c.length])).toEqual([
+        [0, 2 * KiB],
+        [512 * KiB, KiB],
+      ]);
+      expect(layer.stats().sentIdle).toBe(2);
+      await layer.close();
+    } finally {
+      jest.useRealTimers();
+    }
   });
 
   test('too many open buffers: the least recently written is sent', async () => {
@@ -223,7 +255,8 @@ describe('CoalesceLayer ordering and visibility', () => {
     const { inner, layer } = stack(MiB, { requestSize: 64 * KiB });
     const data = pattern(64 * KiB, 5);
     inner.hold();
-    await layer.pwrite(data, 0); // full: sent, but held below
+    await layer.pwrite(data.subarray(0, 32 * KiB), 0);
+    await layer.pwrite(data.subarray(32 * KiB), 32 * KiB); // full: sent, but held below
     expect(inner.heldCount()).toBe(1);
     const read = layer.pread(60 * KiB, 8 * KiB);
     // the inner read is held too; let it and the write go together
@@ -237,7 +270,8 @@ describe('CoalesceLayer ordering and visibility', () => {
   test('a read overlays in-flight and buffered data in the order written', async () => {
     const { inner, layer } = stack(MiB, { requestSize: 64 * KiB });
     inner.hold();
-    await layer.pwrite(Buffer.alloc(64 * KiB, 1), 0); // in flight (held)
+    await layer.pwrite(Buffer.alloc(32 * KiB, 1), 0);
+    await layer.pwrite(Buffer.alloc(32 * KiB, 1), 32 * KiB); // full: in flight (held)
     await layer.pwrite(Buffer.alloc(KiB, 2), 10 * KiB); // buffered, newer
     const zero = layer.zero(12 * KiB, KiB); // sends nothing buffered there, waits for the held write
     await tick();
@@ -289,8 +323,10 @@ describe('CoalesceLayer ordering and visibility', () => {
   test('an overlapping write waits for the in-flight one instead of racing it', async () => {
     const { inner, layer, mem } = stack(MiB, { requestSize: 64 * KiB });
     inner.hold();
-    await layer.pwrite(Buffer.alloc(64 * KiB, 1), 0); // in flight
-    await layer.pwrite(Buffer.alloc(64 * KiB, 2), 32 * KiB); // full too: committed, must wait
+    await layer.pwrite(Buffer.alloc(32 * KiB, 1), 0);
+    await layer.pwrite(Buffer.alloc(32 * KiB, 1), 32 * KiB); // full: in flight
+    await layer.pwrite(Buffer.alloc(32 * KiB, 2), 32 * KiB);
+    await layer.pwrite(Buffer.alloc(32 * KiB, 2), 64 * KiB); // full too: committed, must wait
     await tick();
     expect(inner.heldCount()).toBe(1); // the second has not been sent
     inner.release();
@@ -468,10 +504,10 @@ describe('CoalesceLayer memory bound', () => {
     const { inner, layer } = stack(4 * MiB, { requestSize: 64 * KiB, maxBufferedBytes: limit, maxInFlight: 2 });
     inner.hold();
     const writes: Promise<void>[] = [];
-    for (let i = 0; i < 8; i++) writes.push(layer.pwrite(Buffer.alloc(64 * KiB, i + 1), i * 64 * KiB));
+    for (let i = 0; i < 16; i++) writes.push(layer.pwrite(Buffer.alloc(32 * KiB, i + 1), i * 32 * KiB));
     await tick();
     const settled = await Promise.all(writes.map(isSettled));
-    expect(settled).toEqual([true, true, true, true, false, false, false, false]);
+    expect(settled).toEqual([...Array(8).fill(true), ...Array(8).fill(false)]);
     expect(layer.stats().bufferedBytes).toBe(limit);
     expect(layer.stats().backpressureWaits).toBeGreaterThan(0);
     inner.release();
@@ -483,9 +519,10 @@ describe('CoalesceLayer memory bound', () => {
 
   test('partly filled buffers are sent to make room rather than waiting forever', async () => {
     const { layer, inner } = stack(4 * MiB, { requestSize: 64 * KiB, maxBufferedBytes: 128 * KiB, maxOpenBuffers: 8 });
-    // each write opens a new buffer; only two fit, so older ones must be evicted
+    // each write opens a new run; only three fit, so older ones must be evicted
     for (let i = 0; i < 10; i++) await layer.pwrite(Buffer.alloc(40 * KiB, i + 1), i * 256 * KiB);
-    expect(inner.writes().length).toBeGreaterThanOrEqual(8);
+    expect(inner.writes().length).toBeGreaterThanOrEqual(7);
+    expect(layer.stats().sentEvicted).toBeGreaterThanOrEqual(7);
     expect(layer.stats().maxBufferedBytes).toBeLessThanOrEqual(128 * KiB);
     await layer.flush();
   });
@@ -514,7 +551,8 @@ describe('CoalesceLayer failures', () => {
     const { logger, records } = captureLogger();
     const { inner, layer } = stack(MiB, { requestSize: 64 * KiB, logger }, { fail: (c) => c.op === 'pwrite' && c.offset === 128 * KiB });
     await layer.pwrite(Buffer.alloc(KiB, 1), 0);
-    await layer.pwrite(Buffer.alloc(64 * KiB, 2), 128 * KiB); // full: sent, fails
+    await layer.pwrite(Buffer.alloc(32 * KiB, 2), 128 * KiB);
+    await layer.pwrite(Buffer.alloc(32 * KiB, 2), 160 * KiB); // full: sent, fails
     await tick();
     expect(records).toHaveLength(1);
     expect(records[0]).toMatchObject({ offset: 128 * KiB, length: 64 * KiB, errno: 'EIO' });
@@ -544,7 +582,8 @@ describe('CoalesceLayer failures', () => {
 
   test('a write accepted before the failure was noticed still cannot let a later flush succeed', async () => {
     const { layer } = stack(MiB, { requestSize: 64 * KiB }, { fail: (c) => c.op === 'pwrite' && c.offset === 0, delay: () => 5 });
-    await layer.pwrite(Buffer.alloc(64 * KiB, 1), 0); // sent, will fail in 5 ms
+    await layer.pwrite(Buffer.alloc(32 * KiB, 1), 0);
+    await layer.pwrite(Buffer.alloc(32 * KiB, 1), 32 * KiB); // full: sent, will fail in 5 ms
     await layer.pwrite(Buffer.alloc(KiB, 2), 512 * KiB); // accepted meanwhile
     await sleep(20);
     await expect(layer.flush()).rejects.toBeInstanceOf(DataLossError);

@@ -115,6 +115,23 @@ describe('StatsLayer', () => {
     ]);
   });
 
+  test('pwritev is forwarded as one request and counted as one write of its total length', async () => {
+    const inner = new RecordingLayer(new MemoryBackend(1 << 20));
+    const { clock, stats } = timed(inner);
+    clock.cost = 100n;
+    await stats.pwritev([Buffer.alloc(1000, 1), Buffer.alloc(3096, 2)], 8192);
+    await stats.pwrite(Buffer.alloc(4096, 3), 0);
+    // One request below, with both buffers: not split, not joined on the way.
+    expect(inner.writes().map((c) => [c.offset, c.length, c.segments])).toEqual([
+      [8192, 4096, 2],
+      [0, 4096, 1],
+    ]);
+    expect((await inner.pread(8192, 4096)).equals(Buffer.concat([Buffer.alloc(1000, 1), Buffer.alloc(3096, 2)]))).toBe(true);
+    expect(stats.counters().write).toEqual({ ops: 2, bytes: 8192, ns: 100_000n });
+    clock.now = 1_000_000_000n + 1_000_000_000n;
+    expect(stats.format().split('\n')).toContain('write: 2 ops, 0.000100 s, 8.00 KiB, 78.12 MiB/s op, 8.00 KiB/s total');
+  });
+
   test('with nothing done, only the total line', () => {
     const { clock, stats } = timed(new MemoryBackend(1024));
     clock.now += 1_500_000n;

@@ -1,5 +1,6 @@
 /**
- * Write-back coalescing: merges small adjacent writes into large requests to the layer below.
+ * Write-back coalescing: merges small adjacent writes into large requests to the layer below,
+ * without copying them.
  *
  * imageio pays a high fixed cost per HTTP request, so request size dominates throughput (8 MiB
  * requests copied 1.9x faster than 256 KiB ones). qemu-img writes 2 MiB at a time, nbdcopy
@@ -11,8 +12,13 @@
  * flushes everything buffered for all of them).
  *
  * Promises (on top of the Backend ones):
- * - pwrite() resolves once the data is copied into a buffer (NBD allows replying before
- *   durability; FLUSH provides it). The caller may reuse its Buffer afterwards.
+ * - pwrite() takes over the caller's reference to `data` (src/backend.ts) and resolves once the
+ *   data is held here (NBD allows replying before durability; FLUSH provides it). Pooled
+ *   buffers are kept as they are: a merged request is the list of the clients' own buffers,
+ *   sent with writeList() (one PUT with writev for imageio). Buffers no payload pool counts are
+ *   copied into pooled ones first (`copyUnpooled`), so every byte held is under the pool's
+ *   bound and callers that reuse a plain Buffer once pwrite resolves stay correct.
+ *   Every buffer is released exactly once, whatever happens to the write.
  * - Reads, extents, zeroes, trims and writes see or keep the order the client saw: a read
  *   overlays pending data on what the inner backend returns; an operation that overlaps
  *   buffered data sends that data first; nothing is sent to the inner backend concurrently
@@ -23,21 +29,30 @@
  * - A deferred write or zero that fails is logged at once and "poisons" the layer: every later flush()
  *   and close() rejects with DataLossError naming the first lost range, and later writes and
  *   zeroes reject with EIO, so no copy can finish "successfully" after losing data.
- * - Memory is bounded: buffers held (open and in flight) never exceed `maxBufferedBytes`; a
- *   write that needs a new buffer waits for space (backpressure), and the NBD server stops
- *   reading the socket meanwhile.
+ * - Memory is bounded: the bytes of every write accepted and not yet done by the inner backend
+ *   (buffered, queued, in flight, and writes passing straight through) never exceed
+ *   `maxBufferedBytes`, except that one write is always let through when nothing is held (a
+ *   single write bigger than the bound cannot deadlock). A write that does not fit waits, first
+ *   come first served (backpressure: the NBD server stops reading the socket meanwhile).
  *
- * Design, briefly: an "open" buffer is a preallocated requestSize Buffer collecting a
- * contiguous run [offset, offset + len). Writes append to (or overwrite inside) an open buffer;
- * open buffers never overlap each other. A buffer is "committed" (handed to the send queue) when
- * full, idle for `idleMs`, evicted (too many open, memory needed) or overlapped by another
- * operation. Committed items, and FUA/large writes, zeroes and trims, are kept in commit order;
- * each waits for the earlier committed items it overlaps before it takes one of the
- * `maxInFlight` slots. For any byte, commit order is the client's order, and an open buffer is
- * always newer than every committed item it overlaps (an operation that overlaps an open buffer
- * commits that buffer first), which is what reads rely on to overlay in the right order.
+ * Design, briefly: an open "run" is a list of segments (the clients' buffers, or subarrays of
+ * them) covering a contiguous range [offset, end) of at most requestSize bytes. A write that
+ * starts at the end of an open run is appended to it; a write that straddles the requestSize
+ * boundary is split with subarrays (one more reference to its buffer). Runs are append-only:
+ * buffers are never written into, because a reference-counted buffer may be shared read-only
+ * (read-ahead hands slices of one window to several readers). So a write landing inside an
+ * open run commits that run first and starts a new one: ordered and simple, and copy tools
+ * (qemu-img, nbdcopy) never rewrite a block they just wrote, so it costs them nothing.
+ * A run is "committed" (handed to the send queue) when full, idle for `idleMs`, evicted (too
+ * many open, memory needed) or overlapped by another operation; never by the idle timer while a
+ * write that would extend it waits for memory, so merging keeps up under backpressure.
+ * Committed runs, FUA/large writes, zeroes and trims are kept in commit order; each waits for
+ * the earlier committed items it overlaps before it takes one of the `maxInFlight` slots. For
+ * any byte, commit order is the client's order, and an open run is always newer than every
+ * committed item it overlaps, which is what reads rely on to overlay in the right order.
  */
-import type { Backend, BlockSize, Capabilities, Extent, WriteFlags, ZeroFlags } from '../backend';
+import { writeList, type Backend, type BlockSize, type Capabilities, type Extent, type WriteFlags, type ZeroFlags } from '../backend';
+import { bufferRefs, payloadPool, releaseBuffer, retainBuffer, type PayloadPool } from '../buffers';
 import { BackendError, DataLossError, describeError, toNbdErrno } from '../errors';
 import { NbdError } from '../../protocol/constants';
 import { silentLogger, type Logger } from '../log';
@@ -47,20 +62,27 @@ const MiB = 1024 * 1024;
 export interface CoalesceOptions {
   /** Size of the merged requests sent to the inner backend. Default 8 MiB. Must be > 0. */
   requestSize?: number;
-  /** Bound on memory held for buffered and in-flight deferred writes. Default 64 MiB; at least requestSize. */
+  /**
+   * Bound on the bytes of writes accepted and not yet done by the inner backend: buffered,
+   * queued, in flight, and passed straight through. Default 64 MiB; at least requestSize.
+   */
   maxBufferedBytes?: number;
   /** Concurrent requests to the inner backend. Default 4, the imageio pool size. */
   maxInFlight?: number;
-  /** Open (still merging) buffers, e.g. one per sequential stream. Default 8. */
+  /** Open (still merging) runs, e.g. one per sequential stream. Default 8. */
   maxOpenBuffers?: number;
   /**
-   * Writes of at least this many bytes skip buffering and go straight through, awaited, with
-   * no copy. Default requestSize + 1 (only writes larger than a request); the CLI uses half a
-   * request, since merging two big writes saves little and copying every byte costs CPU.
+   * Writes of at least this many bytes skip merging and go straight through, awaited. Default
+   * requestSize: merging costs no copy, so two 4 MiB writes still make one 8 MiB request, and
+   * a write of a whole request is one already. At most requestSize + 1 (only bigger writes).
    */
   directWriteSize?: number;
-  /** Send an open buffer after this many ms without new writes to it. Default 10; 0 disables. */
+  /** Send an open run after this many ms without new writes to it. Default 10; 0 disables. */
   idleMs?: number;
+  /** Copy writes whose buffers no payload pool counts into pooled buffers (default true). */
+  copyUnpooled?: boolean;
+  /** Pool for those copies and for read overlays (default the process's payloadPool). */
+  pool?: PayloadPool;
   logger?: Logger;
 }
 
@@ -69,14 +91,16 @@ export interface CoalesceStats {
   /** pwrite calls received, and their bytes. */
   writesIn: number;
   bytesIn: number;
-  /** Writes (or parts of writes) that went into an already open buffer. */
+  /** Writes (or parts of writes) appended to an already open run. */
   mergedWrites: number;
   /** Writes passed straight through: FUA, or at least directWriteSize. */
   passthroughWrites: number;
-  /** Merged requests sent to inner.pwrite, and their bytes. */
+  /** Bytes copied on the way in (writes in buffers no pool counts). */
+  copiedBytes: number;
+  /** Merged requests sent to the inner backend, and their bytes. */
   requestsOut: number;
   bytesOut: number;
-  /** Buffers sent because they were full / idle / evicted / overlapped, flushed or closed. */
+  /** Runs sent because they were full / idle / evicted / overlapped, flushed or closed. */
   sentFull: number;
   sentIdle: number;
   sentEvicted: number;
@@ -84,9 +108,9 @@ export interface CoalesceStats {
   sentFlush: number;
   /** Zeroes acknowledged once queued (write-back), not after their request. */
   deferredZeroes: number;
-  /** pwrite calls that had to wait for buffer space. */
+  /** Writes that had to wait for memory. */
   backpressureWaits: number;
-  /** Memory held for buffers now, and the most ever held (never above maxBufferedBytes). */
+  /** Bytes held now, and the most ever held (never above the maxBufferedBytes option). */
   bufferedBytes: number;
   maxBufferedBytes: number;
   /** Deferred requests that failed (data lost). */
@@ -102,31 +126,37 @@ const SENT_COUNTER = {
   flush: 'sentFlush',
 } as const satisfies Record<SendReason, keyof CoalesceStats>;
 
-interface OpenBuffer {
+/** An open run: segments covering [offset, end) in order, one reference held on each. */
+interface Run {
   offset: number;
-  /** Bytes [0, len) of buf are valid; always contiguous from offset. */
-  len: number;
-  buf: Buffer;
-  timer?: NodeJS.Timeout;
+  end: number;
+  segs: Buffer[];
+  /** When it was last written (performance.now()): idle timeout, and eviction of the least recent. */
+  lastWrite: number;
 }
 
-/** An operation handed to the send queue: deferred write, or a client's direct write/zero/trim. */
+/** An operation in the send queue: a committed run, a client's direct write, a zero or trim. */
 interface Pending {
   kind: 'write' | 'zero' | 'trim';
   offset: number;
   end: number;
-  /** Write data, length end - offset. */
-  data?: Buffer;
-  settled: boolean;
+  /** Write data, covering [offset, end) in order; this layer holds one reference on each. */
+  segs?: Buffer[];
   /** Resolves (never rejects) when the inner call finished, either way. */
   done: Promise<void>;
   markDone: () => void;
 }
 
-/** Live buffers (open + committed deferred) are bounded too, so scans of the queue stay cheap. */
-const MAX_LIVE_BUFFERS = 256;
+interface MemoryWaiter {
+  n: number;
+  resolve: () => void;
+}
+
+/** Pending items are bounded too, so scans of the queue stay cheap. */
+const MAX_QUEUED = 256;
 /** Zeroes queued without waiting; past this many queued items a zero waits for its request. */
 const MAX_DEFERRED_ZEROES = 256;
+const RESOLVED = Promise.resolve();
 
 export class CoalesceLayer implements Backend {
   readonly name = 'coalesce';
@@ -137,21 +167,26 @@ export class CoalesceLayer implements Backend {
   private readonly maxOpenBuffers: number;
   private readonly idleMs: number;
   private readonly directWriteSize: number;
+  private readonly copyUnpooled: boolean;
+  private readonly pool: PayloadPool;
   private readonly log: Logger;
 
-  /** Open buffers, least recently written first. */
-  private readonly open = new Set<OpenBuffer>();
+  /** Open runs; disjoint; at most maxOpenBuffers. */
+  private readonly open: Run[] = [];
+  /** The idle timer, one for the layer: due when the least recently written run idles out. */
+  private idleTimer?: NodeJS.Timeout;
   /** Committed, unsettled items in commit order. */
   private committed: Pending[] = [];
-  private readonly free: Buffer[] = [];
 
-  /** Memory held: requestSize per open buffer or reservation, buffer size per committed deferred write. */
-  private bufferedBytes = 0;
-  /** Bytes of committed deferred writes: memory that will come back without further action. */
-  private committedDeferredBytes = 0;
-  /** Open buffers + committed deferred writes + granted reservations. */
-  private liveBuffers = 0;
-  private readonly spaceWaiters: Array<() => void> = [];
+  /** Bytes of accepted writes not yet done by the inner backend (the bounded quantity). */
+  private held = 0;
+  /** Of those, bytes in the send queue or in flight: memory that comes back by itself. */
+  private committedBytes = 0;
+  private readonly memWaiters: MemoryWaiter[] = [];
+  /** Writes admitted by pump() that have not run on yet: later writes must queue behind them. */
+  private admitted = 0;
+  /** Start offsets of buffered writes waiting for memory (count per offset). */
+  private readonly waitingAt = new Map<number, number>();
   private pumpScheduled = false;
 
   private activeSlots = 0;
@@ -166,6 +201,7 @@ export class CoalesceLayer implements Backend {
     bytesIn: 0,
     mergedWrites: 0,
     passthroughWrites: 0,
+    copiedBytes: 0,
     requestsOut: 0,
     bytesOut: 0,
     sentFull: 0,
@@ -189,13 +225,15 @@ export class CoalesceLayer implements Backend {
     this.maxInFlight = opts.maxInFlight ?? 4;
     this.maxOpenBuffers = opts.maxOpenBuffers ?? 8;
     this.idleMs = opts.idleMs ?? 10;
-    this.directWriteSize = Math.min(opts.directWriteSize ?? this.requestSize + 1, this.requestSize + 1);
-    if (!(this.directWriteSize >= 1)) throw new RangeError(`coalesce: invalid directWriteSize ${this.directWriteSize}`);
+    this.directWriteSize = Math.min(opts.directWriteSize ?? this.requestSize, this.requestSize + 1);
+    this.copyUnpooled = opts.copyUnpooled ?? true;
+    this.pool = opts.pool ?? payloadPool;
     this.log = opts.logger ?? silentLogger();
     const positiveInt = (v: number) => Number.isSafeInteger(v) && v > 0;
     if (!positiveInt(this.requestSize)) {
       throw new RangeError(`coalesce: requestSize must be a positive integer, got ${this.requestSize}`);
     }
+    if (!(this.directWriteSize >= 1)) throw new RangeError(`coalesce: invalid directWriteSize ${this.directWriteSize}`);
     if (!positiveInt(this.maxBufferedBytes) || this.maxBufferedBytes < this.requestSize) {
       throw new RangeError(
         `coalesce: maxBufferedBytes (${this.maxBufferedBytes}) must be at least requestSize (${this.requestSize})`,
@@ -221,104 +259,88 @@ export class CoalesceLayer implements Backend {
   }
 
   stats(): CoalesceStats {
-    return { ...this.counters, bufferedBytes: this.bufferedBytes };
+    return { ...this.counters, bufferedBytes: this.held };
   }
 
   async pread(offset: number, length: number): Promise<Buffer> {
-    // Snapshot pending data now (copies: buffers are reused once their request completes).
-    // Anything that settles meanwhile is in the inner backend by the time it answers, and
-    // anything submitted after this point is concurrent with the read, so either is fine.
+    // Take references to the pending data now. Anything that settles meanwhile is in the inner
+    // backend by the time it answers, and anything submitted after this point is concurrent
+    // with the read, so either is fine. Commit order, then open runs: oldest first.
     const end = offset + length;
-    const overlays: Array<{ offset: number; data?: Buffer; length: number }> = [];
-    const take = (start: number, stop: number, src?: Buffer, srcOffset?: number) => {
-      const s = Math.max(start, offset);
-      const e = Math.min(stop, end);
-      if (s >= e) return;
-      const data = src ? Buffer.from(src.subarray(s - srcOffset!, e - srcOffset!)) : undefined;
-      overlays.push({ offset: s, data, length: e - s });
-    };
+    let overlays: Overlay[] | undefined;
     for (const p of this.committed) {
       // Trimmed bytes are unspecified, so a trim needs no overlay.
-      if (p.kind === 'write') take(p.offset, p.end, p.data, p.offset);
-      else if (p.kind === 'zero') take(p.offset, p.end);
+      if (p.offset >= end || p.end <= offset || p.kind === 'trim') continue;
+      overlays ??= [];
+      if (p.segs) collectOverlays(overlays, p.segs, p.offset, offset, end);
+      else overlays.push({ offset: Math.max(p.offset, offset), end: Math.min(p.end, end) });
     }
-    for (const b of this.open) take(b.offset, b.offset + b.len, b.buf, b.offset);
+    for (const r of this.open) {
+      if (r.offset >= end || r.end <= offset) continue;
+      overlays ??= [];
+      collectOverlays(overlays, r.segs, r.offset, offset, end);
+    }
+    if (!overlays) return this.inner.pread(offset, length);
 
-    const base = await this.inner.pread(offset, length);
-    if (overlays.length === 0) return base;
-    const out = Buffer.from(base);
-    for (const o of overlays) {
-      if (o.data) o.data.copy(out, o.offset - offset);
-      else out.fill(0, o.offset - offset, o.offset - offset + o.length);
+    try {
+      const base = await this.inner.pread(offset, length);
+      let out = base;
+      if (bufferRefs(base) !== 1) {
+        // Maybe shared (a slice of a read-ahead window; a buffer no pool counts could be one
+        // too): overlay into a buffer of our own. Only a pooled buffer we alone hold is ours
+        // to write into.
+        out = this.pool.tryAllocate(length) ?? (await this.pool.allocate(length));
+        base.copy(out);
+        releaseBuffer(base);
+      }
+      for (const o of overlays) {
+        if (o.data) o.data.copy(out, o.offset - offset);
+        else out.fill(0, o.offset - offset, o.end - offset);
+      }
+      return out;
+    } finally {
+      for (const o of overlays) if (o.data) releaseBuffer(o.data);
     }
-    return out;
   }
 
-  async pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
-    this.checkWritable();
+  pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
+    if (this.lost || this.closing) {
+      releaseBuffer(data);
+      return Promise.reject(this.notWritableError());
+    }
+    const n = data.length;
     this.counters.writesIn++;
-    this.counters.bytesIn += data.length;
-    if (flags?.fua || data.length >= this.directWriteSize) {
-      // Durable before the reply, or already a big request (virt-v2v's nbdcopy sends 4 MiB):
-      // merging would save little and cost a copy of every byte on a CPU-bound path.
+    this.counters.bytesIn += n;
+    if (flags?.fua || n >= this.directWriteSize) {
+      // Durable before the reply, or a whole request already.
       this.counters.passthroughWrites++;
-      return this.direct('write', offset, data.length, data, () => this.inner.pwrite(data, offset, flags));
+      return this.writeDirect(data, offset, flags);
     }
-    const cap = this.requestSize;
-    const end = offset + data.length;
-    let pos = offset;
-    while (pos < end) {
-      let b = this.findTarget(pos);
-      if (b) {
-        this.counters.mergedWrites++;
-      } else if (this.spaceWaiters.length === 0 && this.fits()) {
-        // No await on this path: concurrent writes arriving together must find this buffer.
-        this.grant();
-        b = this.openBuffer(pos);
-      } else {
-        this.counters.backpressureWaits++;
-        await this.reserve();
-        try {
-          this.checkWritable();
-        } catch (err) {
-          this.unreserve();
-          throw err;
-        }
-        b = this.findTarget(pos); // another write may have opened one while we waited
-        if (b) {
-          this.unreserve();
-          this.counters.mergedWrites++;
-        } else {
-          b = this.openBuffer(pos);
-        }
-      }
-      const n = Math.min(end - pos, b.offset + cap - pos);
-      this.commitOverlapping(pos, pos + n, 'overlap', b);
-      data.copy(b.buf, pos - b.offset, pos - offset, pos - offset + n);
-      b.len = Math.max(b.len, pos + n - b.offset);
-      this.touch(b);
-      if (b.len === cap) this.commit(b, 'full');
-      // A waiter may have been granted space before this buffer existed to be evicted.
-      if (this.spaceWaiters.length > 0) this.schedulePump();
-      pos += n;
+    if (n === 0) {
+      releaseBuffer(data);
+      return RESOLVED;
     }
+    if (this.copyUnpooled && bufferRefs(data) === 0) return this.writeCopied(data, offset);
+    if (this.fitsNow(n)) {
+      // No await on this path: concurrent writes arriving together must find this run.
+      this.hold(n);
+      this.place(data, offset);
+      return RESOLVED;
+    }
+    return this.writeWaiting(data, offset);
   }
 
   zero(offset: number, length: number, flags?: ZeroFlags): Promise<void> {
     if (flags?.fua || flags?.fastZero || this.committed.length >= MAX_DEFERRED_ZEROES) {
       // Durable before the reply, or must fail at once if slow: the client waits for it.
-      return this.direct('zero', offset, length, undefined, () => this.inner.zero(offset, length, flags));
+      return this.direct('zero', offset, length, () => this.inner.zero(offset, length, flags));
     }
     // Write-back, like buffered writes: a client that waits for each reply (qemu-img) would
     // otherwise stall for an HTTP round trip between data extents. The zero is queued in order
     // (reads overlay it as zeroes, overlapping requests wait for it); a failure poisons the
     // layer, so the next FLUSH reports it.
-    try {
-      this.checkWritable();
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    this.commitOverlapping(offset, offset + length, 'overlap');
+    if (this.lost || this.closing) return Promise.reject(this.notWritableError());
+    this.commitOverlapping(offset, offset + length);
     this.counters.deferredZeroes++;
     void this.launch(this.newPending('zero', offset, offset + length), false, async () => {
       try {
@@ -328,18 +350,16 @@ export class CoalesceLayer implements Backend {
         throw err;
       }
     }).catch(() => {}); // recorded above; reported by flush and close
-    return Promise.resolve();
+    return RESOLVED;
   }
 
   trim(offset: number, length: number, flags?: WriteFlags): Promise<void> {
     const inner = this.inner;
-    return this.direct('trim', offset, length, undefined, () =>
-      inner.trim ? inner.trim(offset, length, flags) : Promise.resolve(),
-    );
+    return this.direct('trim', offset, length, () => (inner.trim ? inner.trim(offset, length, flags) : RESOLVED));
   }
 
   cache(offset: number, length: number): Promise<void> {
-    if (!this.inner.cache) return Promise.resolve();
+    if (!this.inner.cache) return RESOLVED;
     return this.inner.cache(offset, length);
   }
 
@@ -348,8 +368,10 @@ export class CoalesceLayer implements Backend {
     // Pending writes are not in the inner backend's map yet: send and wait for them, so a
     // range about to hold data is never reported as a hole.
     const end = offset + length;
-    this.commitOverlapping(offset, end, 'overlap');
-    await Promise.all(this.committed.filter((p) => p.offset < end && p.end > offset).map((p) => p.done));
+    this.commitOverlapping(offset, end);
+    const waits: Promise<void>[] = [];
+    for (const p of this.committed) if (p.offset < end && p.end > offset) waits.push(p.done);
+    if (waits.length > 0) await Promise.all(waits);
     const extents = await this.inner.extents(offset, length);
     // Clamp to the range we made consistent; pending data may lie past it.
     const out: Extent[] = [];
@@ -386,24 +408,26 @@ export class CoalesceLayer implements Backend {
       failure = err;
       this.log.error({ err: describeError(err) }, 'coalesce: buffered data could not be written on close');
     }
+    this.stopIdleTimer();
     try {
       await this.inner.close();
     } catch (err) {
       failure ??= err;
     }
-    this.free.length = 0;
     if (failure !== undefined) throw failure;
   }
 
-  /** Send every open buffer and wait for everything committed so far. */
+  /** Send every open run and wait for everything committed so far. */
   private async drain(): Promise<void> {
-    for (const b of [...this.open]) this.commit(b, 'flush');
-    await Promise.all(this.committed.map((p) => p.done));
+    while (this.open.length > 0) this.commit(this.open[this.open.length - 1], 'flush');
+    const waits: Promise<void>[] = [];
+    for (const p of this.committed) waits.push(p.done);
+    await Promise.all(waits);
   }
 
-  private checkWritable(): void {
-    if (this.lost) throw this.dataLossError();
-    if (this.closing) throw new BackendError(NbdError.ESHUTDOWN, 'coalesce: export is closing');
+  private notWritableError(): Error {
+    if (this.lost) return this.dataLossError();
+    return new BackendError(NbdError.ESHUTDOWN, 'coalesce: export is closing');
   }
 
   private dataLossError(): DataLossError {
@@ -415,68 +439,155 @@ export class CoalesceLayer implements Backend {
     );
   }
 
-  /** An open buffer the byte at `pos` can go into: inside it, else right at its end. */
-  private findTarget(pos: number): OpenBuffer | undefined {
-    let append: OpenBuffer | undefined;
-    for (const b of this.open) {
-      if (pos >= b.offset && pos < b.offset + b.len) return b;
-      if (pos === b.offset + b.len && b.len < this.requestSize) append = b;
+  // ---- buffered writes ----
+
+  /** A buffered write in a buffer no pool counts: copy it into a pooled one first. */
+  private async writeCopied(data: Buffer, offset: number): Promise<void> {
+    const n = data.length;
+    const copy = this.pool.tryAllocate(n) ?? (await this.pool.allocate(n));
+    data.copy(copy);
+    this.counters.copiedBytes += n;
+    if (this.fitsNow(n)) {
+      if (this.lost || this.closing) {
+        releaseBuffer(copy);
+        throw this.notWritableError();
+      }
+      this.hold(n);
+      this.place(copy, offset);
+      return;
     }
-    return append;
+    return this.writeWaiting(copy, offset);
   }
 
-  private openBuffer(offset: number): OpenBuffer {
-    // The reservation for this buffer is already counted in bufferedBytes and liveBuffers.
-    if (this.open.size >= this.maxOpenBuffers) this.commit(this.open.values().next().value!, 'evicted');
-    const b: OpenBuffer = { offset, len: 0, buf: this.free.pop() ?? Buffer.allocUnsafeSlow(this.requestSize) };
-    this.open.add(b);
-    if (this.idleMs > 0) b.timer = setTimeout(() => this.open.has(b) && this.commit(b, 'idle'), this.idleMs);
-    return b;
-  }
-
-  /** Mark `b` most recently written and restart its idle timer. */
-  private touch(b: OpenBuffer): void {
-    this.open.delete(b);
-    this.open.add(b);
-    b.timer?.refresh();
-  }
-
-  /** Commit every open buffer overlapping [start, end) except `keep`. */
-  private commitOverlapping(start: number, end: number, reason: SendReason, keep?: OpenBuffer): void {
-    for (const b of [...this.open]) {
-      if (b !== keep && b.offset < end && b.offset + b.len > start) this.commit(b, reason);
+  /** A buffered write that must wait for memory. */
+  private async writeWaiting(data: Buffer, offset: number): Promise<void> {
+    const n = data.length;
+    this.counters.backpressureWaits++;
+    // While it waits, the run it would extend is not sent by the idle timer.
+    this.waitingAt.set(offset, (this.waitingAt.get(offset) ?? 0) + 1);
+    try {
+      await this.admit(n);
+      this.admitted--;
+    } finally {
+      const c = this.waitingAt.get(offset)!;
+      if (c > 1) this.waitingAt.set(offset, c - 1);
+      else this.waitingAt.delete(offset);
     }
+    if (this.lost || this.closing) {
+      this.unhold(n);
+      releaseBuffer(data);
+      throw this.notWritableError();
+    }
+    this.place(data, offset);
   }
 
-  /** Hand an open buffer to the send queue. */
-  private commit(b: OpenBuffer, reason: SendReason): void {
-    this.open.delete(b);
-    if (b.timer) clearTimeout(b.timer);
+  /**
+   * Put `data` (whose `data.length` bytes are already held) into open runs: appended to the run
+   * ending at `offset`, else a new run; split where a run reaches requestSize. Synchronous.
+   */
+  private place(data: Buffer, offset: number): void {
     const cap = this.requestSize;
-    const offset = b.offset;
-    let data = b.buf.subarray(0, b.len);
-    let held = cap;
-    let reuse: Buffer | undefined = b.buf;
-    if (b.len <= cap / 8) {
-      // Nearly empty: keep only what is used, so many small requests cannot pin many big
-      // buffers. (Only small ones: a copy into a fresh allocation costs CPU and GC work.)
-      data = Buffer.from(data);
-      held = b.len;
-      this.bufferedBytes -= cap - b.len;
-      this.recycle(b.buf);
-      reuse = undefined;
+    const end = offset + data.length;
+    const now = performance.now();
+    let pos = offset;
+    let refUsed = false;
+    while (pos < end) {
+      let run: Run | undefined;
+      for (const r of this.open) {
+        if (r.end === pos) {
+          run = r;
+          break;
+        }
+      }
+      const stop = Math.min(end, (run ? run.offset : pos) + cap);
+      // Older data in other runs under these bytes (a rewrite): send it first.
+      this.commitOverlapping(pos, stop, run);
+      if (run) this.counters.mergedWrites++;
+      else run = this.openRun(pos);
+      const piece = pos === offset && stop === end ? data : data.subarray(pos - offset, stop - offset);
+      if (refUsed) retainBuffer(piece);
+      refUsed = true;
+      run.segs.push(piece);
+      run.end = stop;
+      run.lastWrite = now;
+      if (stop - run.offset === cap) this.commit(run, 'full');
+      pos = stop;
     }
-    this.committedDeferredBytes += held;
-    this.counters.requestsOut++;
-    this.counters.bytesOut += data.length;
-    this.counters[SENT_COUNTER[reason]]++;
-    this.log.trace({ offset, length: data.length, reason }, 'coalesce: send');
+    // A waiter may have been passed over while these bytes were admitted but not yet in a run
+    // that pump() could send to make room.
+    if (this.memWaiters.length > 0) this.schedulePump();
+  }
 
-    const item = this.newPending('write', offset, offset + data.length, data);
-    const length = data.length;
+  private openRun(offset: number): Run {
+    if (this.open.length >= this.maxOpenBuffers) {
+      let lru = this.open[0];
+      for (const r of this.open) if (r.lastWrite < lru.lastWrite) lru = r;
+      this.commit(lru, 'evicted');
+    }
+    const run: Run = { offset, end: offset, segs: [], lastWrite: performance.now() };
+    this.open.push(run);
+    // Every other open run was written no later than this one: an armed timer is due first.
+    if (this.idleMs > 0 && !this.idleTimer) this.armIdleTimer(run.lastWrite + this.idleMs);
+    return run;
+  }
+
+  private armIdleTimer(due: number): void {
+    this.idleTimer = setTimeout(() => this.onIdleTimer(), Math.max(1, Math.ceil(due - performance.now())));
+  }
+
+  private stopIdleTimer(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+  }
+
+  /**
+   * Send the runs nobody wrote to for idleMs, unless a write that would extend one waits for
+   * memory (it counts as a write now); then wait for the next run to idle out. One timer for
+   * the layer; writes only note their time, so the hot path never touches a timer.
+   */
+  private onIdleTimer(): void {
+    this.idleTimer = undefined;
+    const now = performance.now();
+    let next = Infinity;
+    for (let i = 0; i < this.open.length; ) {
+      const r = this.open[i];
+      if (this.waitingAt.has(r.end)) r.lastWrite = now;
+      if (now - r.lastWrite >= this.idleMs) {
+        this.commit(r, 'idle'); // removes it from this.open
+      } else {
+        next = Math.min(next, r.lastWrite + this.idleMs);
+        i++;
+      }
+    }
+    if (next !== Infinity) this.armIdleTimer(next);
+  }
+
+  /** Commit every open run overlapping [start, end) except `keep`. */
+  private commitOverlapping(start: number, end: number, keep?: Run): void {
+    for (let i = 0; i < this.open.length; ) {
+      const r = this.open[i];
+      if (r !== keep && r.offset < end && r.end > start) this.commit(r, 'overlap');
+      else i++;
+    }
+  }
+
+  /** Hand an open run to the send queue. */
+  private commit(run: Run, reason: SendReason): void {
+    this.open.splice(this.open.indexOf(run), 1);
+    const { offset, segs } = run;
+    const length = run.end - offset;
+    this.committedBytes += length;
+    this.counters.requestsOut++;
+    this.counters.bytesOut += length;
+    this.counters[SENT_COUNTER[reason]]++;
+    this.log.trace({ offset, length, segments: segs.length, reason }, 'coalesce: send');
+
+    const item = this.newPending('write', offset, offset + length, segs);
     this.launch(item, false, async () => {
+      // The inner backend gets a reference of its own; ours keeps the bytes for reads meanwhile.
+      for (const s of segs) retainBuffer(s);
       try {
-        await this.inner.pwrite(data, offset);
+        await writeList(this.inner, segs, offset);
       } catch (err) {
         this.recordLoss(offset, length, err);
         throw err;
@@ -484,13 +595,55 @@ export class CoalesceLayer implements Backend {
     })
       .catch(() => {}) // recorded above; reported by flush and close
       .finally(() => {
-        this.committedDeferredBytes -= held;
-        this.bufferedBytes -= held;
-        this.liveBuffers--;
-        if (reuse) this.recycle(reuse);
-        this.pump();
+        for (const s of segs) releaseBuffer(s);
+        this.committedBytes -= length;
+        this.unhold(length);
       });
-    if (held < cap) this.schedulePump();
+    // Memory it holds now comes back by itself: waiters may no longer need an eviction.
+    if (this.memWaiters.length > 0) this.schedulePump();
+  }
+
+  // ---- direct operations ----
+
+  /** A FUA or big write: straight to the inner backend, in order, within the memory bound. */
+  private writeDirect(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
+    const n = data.length;
+    if (this.fitsNow(n)) {
+      this.hold(n);
+      return this.sendDirect(data, offset, flags);
+    }
+    this.counters.backpressureWaits++;
+    return this.admit(n).then(() => {
+      this.admitted--;
+      if (this.lost || this.closing) {
+        this.unhold(n);
+        releaseBuffer(data);
+        throw this.notWritableError();
+      }
+      return this.sendDirect(data, offset, flags);
+    });
+  }
+
+  private sendDirect(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
+    const n = data.length;
+    this.committedBytes += n;
+    this.commitOverlapping(offset, offset + n);
+    const item = this.newPending('write', offset, offset + n, [data]);
+    return this.launch(item, true, () => {
+      retainBuffer(data);
+      return this.inner.pwrite(data, offset, flags);
+    }).finally(() => {
+      releaseBuffer(data);
+      this.committedBytes -= n;
+      this.unhold(n);
+    });
+  }
+
+  /** A client zero or trim that is not buffered: ordered after pending overlapping data, awaited. */
+  private direct(kind: 'zero' | 'trim', offset: number, length: number, call: () => Promise<void>): Promise<void> {
+    if (this.lost || this.closing) return Promise.reject(this.notWritableError());
+    this.commitOverlapping(offset, offset + length);
+    return this.launch(this.newPending(kind, offset, offset + length), true, call);
   }
 
   private recordLoss(offset: number, length: number, err: unknown): void {
@@ -504,39 +657,26 @@ export class CoalesceLayer implements Backend {
     else this.lost = { offset, length, error: err, count: 1 };
   }
 
-  /** A client operation that is not buffered: ordered after pending overlapping data, awaited. */
-  private direct(
-    kind: Pending['kind'],
-    offset: number,
-    length: number,
-    data: Buffer | undefined,
-    call: () => Promise<void>,
-  ): Promise<void> {
-    try {
-      this.checkWritable();
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    this.commitOverlapping(offset, offset + length, 'overlap');
-    return this.launch(this.newPending(kind, offset, offset + length, data), true, call);
-  }
-
-  private newPending(kind: Pending['kind'], offset: number, end: number, data?: Buffer): Pending {
+  private newPending(kind: Pending['kind'], offset: number, end: number, segs?: Buffer[]): Pending {
     let markDone!: () => void;
     const done = new Promise<void>((resolve) => (markDone = resolve));
-    return { kind, offset, end, data, settled: false, done, markDone };
+    return { kind, offset, end, segs, done, markDone };
   }
 
   /**
    * Queue `item`: wait for the earlier committed items it overlaps, then for a slot, then run
-   * `call`. Settles the item (removing it from the queue) before the returned promise settles.
+   * `call` (not at all if the layer is poisoned and `failIfLost`). Settles the item (removing it
+   * from the queue) before the returned promise settles.
    */
   private launch(item: Pending, failIfLost: boolean, call: () => Promise<void>): Promise<void> {
-    const deps = this.committed.filter((p) => p.offset < item.end && p.end > item.offset).map((p) => p.done);
+    let deps: Promise<void>[] | undefined;
+    for (const p of this.committed) {
+      if (p.offset < item.end && p.end > item.offset) (deps ??= []).push(p.done);
+    }
     this.committed.push(item);
     const run = async () => {
       try {
-        if (deps.length > 0) await Promise.all(deps);
+        if (deps) await Promise.all(deps);
         if (failIfLost && this.lost) throw this.dataLossError();
         await this.acquireSlot();
         try {
@@ -545,21 +685,22 @@ export class CoalesceLayer implements Backend {
           this.releaseSlot();
         }
       } finally {
-        item.settled = true;
         const i = this.committed.indexOf(item);
         if (i >= 0) this.committed.splice(i, 1);
         item.markDone();
+        // The queue got shorter: a write waiting on MAX_QUEUED may fit now.
+        if (this.memWaiters.length > 0) this.schedulePump();
       }
     };
     return run();
   }
 
-  private async acquireSlot(): Promise<void> {
+  private acquireSlot(): Promise<void> {
     if (this.activeSlots < this.maxInFlight) {
       this.activeSlots++;
-      return;
+      return RESOLVED;
     }
-    await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
+    return new Promise<void>((resolve) => this.slotWaiters.push(resolve));
   }
 
   private releaseSlot(): void {
@@ -568,32 +709,37 @@ export class CoalesceLayer implements Backend {
     else this.activeSlots--;
   }
 
-  private fits(): boolean {
-    return this.bufferedBytes + this.requestSize <= this.maxBufferedBytes && this.liveBuffers < MAX_LIVE_BUFFERS;
+  // ---- memory ----
+
+  /** n bytes can be taken at once: they fit, and no earlier write is waiting or about to run. */
+  private fitsNow(n: number): boolean {
+    return this.memWaiters.length === 0 && this.admitted === 0 && this.fits(n);
   }
 
-  /** Wait (FIFO) until a new requestSize buffer fits in the memory bound, and count it. */
-  private reserve(): Promise<void> {
-    const p = new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
-    this.pump();
+  private fits(n: number): boolean {
+    return (this.held === 0 || this.held + n <= this.maxBufferedBytes) && this.committed.length < MAX_QUEUED;
+  }
+
+  private hold(n: number): void {
+    this.held += n;
+    if (this.held > this.counters.maxBufferedBytes) this.counters.maxBufferedBytes = this.held;
+  }
+
+  private unhold(n: number): void {
+    this.held -= n;
+    if (this.memWaiters.length > 0) this.pump();
+  }
+
+  /** Wait (first come first served) until n more bytes fit, and count them as held. */
+  private admit(n: number): Promise<void> {
+    const p = new Promise<void>((resolve) => this.memWaiters.push({ n, resolve }));
+    this.schedulePump();
     return p;
   }
 
-  private grant(): void {
-    this.bufferedBytes += this.requestSize;
-    this.liveBuffers++;
-    if (this.bufferedBytes > this.counters.maxBufferedBytes) this.counters.maxBufferedBytes = this.bufferedBytes;
-  }
-
-  private unreserve(): void {
-    this.bufferedBytes -= this.requestSize;
-    this.liveBuffers--;
-    this.schedulePump();
-  }
-
   /**
-   * pump() may send (evict) an open buffer, so it must not run in the middle of a pwrite that
-   * holds one: code that can run there defers it to a microtask.
+   * pump() may commit (evict) an open run, so it must not run in the middle of a place(): code
+   * that can run there defers it to a microtask.
    */
   private schedulePump(): void {
     if (this.pumpScheduled) return;
@@ -605,35 +751,48 @@ export class CoalesceLayer implements Backend {
   }
 
   /**
-   * Grant waiting reservations that fit. If memory will not come back by itself (not enough
-   * in flight), send the fullest open buffer: it makes the best request, and streams keep going.
+   * Admit waiting writes that fit. If the memory they need will not come back by itself (too
+   * little is queued or in flight), send the fullest open run: it makes the best request.
    */
   private pump(): void {
-    while (this.spaceWaiters.length > 0) {
-      if (this.fits()) {
-        this.grant();
-        this.spaceWaiters.shift()!();
+    while (this.memWaiters.length > 0) {
+      const w = this.memWaiters[0];
+      if (this.fits(w.n)) {
+        this.memWaiters.shift();
+        this.hold(w.n);
+        this.admitted++;
+        w.resolve();
         continue;
       }
-      const shortfall = this.bufferedBytes + this.requestSize - this.maxBufferedBytes;
-      if (this.open.size > 0 && (this.committedDeferredBytes < shortfall || this.committedDeferredBytes === 0)) {
-        let fullest: OpenBuffer | undefined;
-        for (const b of this.open) if (!fullest || b.len > fullest.len) fullest = b;
-        this.commit(fullest!, 'evicted');
-        continue;
-      }
-      break;
+      const shortfall = this.held + w.n - this.maxBufferedBytes;
+      if (this.open.length === 0 || this.committedBytes >= shortfall || this.committed.length >= MAX_QUEUED) break;
+      let fullest = this.open[0];
+      for (const r of this.open) if (r.end - r.offset > fullest.end - fullest.offset) fullest = r;
+      this.commit(fullest, 'evicted');
     }
   }
+}
 
-  /**
-   * Keep a finished request-size buffer for the next open buffer, as long as the buffers kept
-   * and the memory held stay within maxBufferedBytes: fresh 8 MiB buffers cost page faults
-   * and garbage-collector work on every request.
-   */
-  private recycle(buf: Buffer): void {
-    if (this.closing || buf.length !== this.requestSize) return;
-    if (this.bufferedBytes + (this.free.length + 1) * this.requestSize > this.maxBufferedBytes) return;
-    this.free.push(buf);
+/** Pending bytes to copy over a read's result; `data` undefined means zeroes. */
+interface Overlay {
+  offset: number;
+  end: number;
+  /** A retained subarray, released once the read is answered. */
+  data?: Buffer;
+}
+
+/** Add the parts of `segs` (starting at `at`) within [start, end), each retained. */
+function collectOverlays(out: Overlay[], segs: readonly Buffer[], at: number, start: number, end: number): void {
+  for (const s of segs) {
+    const segEnd = at + s.length;
+    if (segEnd > start && at < end) {
+      const from = Math.max(at, start);
+      const to = Math.min(segEnd, end);
+      const data = from === at && to === segEnd ? s : s.subarray(from - at, to - at);
+      retainBuffer(data);
+      out.push({ offset: from, end: to, data });
+    }
+    if (segEnd >= end) break;
+    at = segEnd;
   }
 }

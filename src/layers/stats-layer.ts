@@ -10,7 +10,9 @@
  * inside the operations, "total" rates by the wall time since the layer was created; lines
  * for operations never seen are omitted; sizes use 1024-based units with two decimals; the
  * total line counts every op except cache and the bytes of read, write, trim and zero.
- * Extents count the requested length. nbdkit's optional block-size histogram is not produced.
+ * Extents count the requested length. A pwritev (a list of buffers written as one request)
+ * counts as one write of their total length. nbdkit's optional block-size histogram is not
+ * produced.
  */
 import { PassthroughLayer, type Backend, type Extent, type WriteFlags, type ZeroFlags } from '../backend';
 
@@ -47,6 +49,11 @@ export class StatsLayer extends PassthroughLayer {
   }
   override pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
     return this.time('write', data.length, () => super.pwrite(data, offset, flags));
+  }
+  override pwritev(data: readonly Buffer[], offset: number, flags?: WriteFlags): Promise<void> {
+    let bytes = 0;
+    for (const b of data) bytes += b.length;
+    return this.time('write', bytes, () => super.pwritev(data, offset, flags));
   }
   override zero(offset: number, length: number, flags?: ZeroFlags): Promise<void> {
     return this.time('zero', length, () => super.zero(offset, length, flags));

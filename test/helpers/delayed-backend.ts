@@ -1,6 +1,9 @@
-/** A layer that delays chosen operations, to hold requests in flight in tests. */
+/**
+ * A layer that delays chosen operations, to hold requests in flight in tests. It owns the
+ * payloads handed to pwrite/pwritev (src/backend.ts): the layer below gets a copy and the originals are released once the call settles.
+ */
 import { PassthroughLayer, type Backend, type WriteFlags } from '../../src/backend';
-import { releaseBuffer } from '../../src/buffers';
+import { releaseBuffers } from '../../src/buffers';
 
 export class DelayedBackend extends PassthroughLayer {
   /** Calls started and not yet finished. */
@@ -34,10 +37,12 @@ export class DelayedBackend extends PassthroughLayer {
   }
 
   override pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
-    // Copy, and give back the caller's buffer at once (src/backend.ts: pwrite takes it over).
-    const copy = Buffer.from(data);
-    releaseBuffer(data);
-    return this.hold('write', offset, () => super.pwrite(copy, offset, flags));
+    return this.pwritev([data], offset, flags);
+  }
+
+  override pwritev(data: readonly Buffer[], offset: number, flags?: WriteFlags): Promise<void> {
+    const copy = Buffer.concat(data as Buffer[]);
+    return this.hold('write', offset, () => this.inner.pwrite(copy, offset, flags)).finally(() => releaseBuffers(data));
   }
 
   override flush(): Promise<void> {

@@ -2,8 +2,15 @@
  * Test-only layer: records every call that reaches it, can delay calls, hold them until
  * released, and fail chosen ones with BackendError EIO. Also checks, as the imageio pool would
  * need, that no two overlapping modifying calls (write, zero, trim) ever run at the same time.
+ *
+ * Payloads: it owns what pwrite/pwritev hand it (src/backend.ts). The layer below gets a copy
+ * made when the call reaches it, and the buffers handed over are released once the call
+ * settles (failed calls too), so tests can check that the layer above released everything
+ * exactly once whatever the layer below does with buffers. pwritev is recorded as a 'pwrite'
+ * with `segments` > 1.
  */
 import { PassthroughLayer, type Backend, type WriteFlags, type ZeroFlags } from '../../src/backend';
+import { releaseBuffer, releaseBuffers, type PayloadPool } from '../../src/buffers';
 import { BackendError } from '../../src/errors';
 import { NbdError } from '../../protocol/constants';
 
@@ -20,6 +27,8 @@ export interface Call {
   failed?: boolean;
   /** Sequence number in arrival order. */
   seq: number;
+  /** Buffers of a pwrite/pwritev. */
+  segments?: number;
 }
 
 export interface RecordingOptions {
@@ -27,6 +36,8 @@ export interface RecordingOptions {
   delay?: (call: Call) => number;
   /** Return true to fail this call with EIO instead of passing it on. */
   fail?: (call: Call) => boolean;
+  /** Answer reads with buffers from this pool (as a backend reading into pooled memory). */
+  readPool?: PayloadPool;
 }
 
 export class RecordingLayer extends PassthroughLayer {
@@ -67,10 +78,31 @@ export class RecordingLayer extends PassthroughLayer {
   }
 
   override pread(offset: number, length: number): Promise<Buffer> {
-    return this.run('pread', offset, length, false, () => super.pread(offset, length));
+    return this.run('pread', offset, length, false, async () => {
+      const data = await super.pread(offset, length);
+      const pool = this.opts.readPool;
+      if (!pool) return data;
+      const out = pool.tryAllocate(length) ?? (await pool.allocate(length));
+      data.copy(out);
+      releaseBuffer(data);
+      return out;
+    });
   }
   override pwrite(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
-    return this.run('pwrite', offset, data.length, !!flags?.fua, () => super.pwrite(data, offset, flags));
+    return this.pwritev([data], offset, flags);
+  }
+  override pwritev(data: readonly Buffer[], offset: number, flags?: WriteFlags): Promise<void> {
+    let length = 0;
+    for (const b of data) length += b.length;
+    const p = this.run(
+      'pwrite',
+      offset,
+      length,
+      !!flags?.fua,
+      () => this.inner.pwrite(Buffer.concat(data as Buffer[], length), offset, flags),
+      data.length,
+    );
+    return p.finally(() => releaseBuffers(data));
   }
   override zero(offset: number, length: number, flags?: ZeroFlags): Promise<void> {
     return this.run('zero', offset, length, !!flags?.fua, () => super.zero(offset, length, flags));
@@ -88,8 +120,15 @@ export class RecordingLayer extends PassthroughLayer {
     return this.run('close', 0, 0, false, () => super.close());
   }
 
-  private async run<T>(op: Op, offset: number, length: number, fua: boolean, fn: () => Promise<T>): Promise<T> {
-    const call: Call = { op, offset, length, fua, start: Date.now() - this.t0, seq: this.calls.length };
+  private async run<T>(
+    op: Op,
+    offset: number,
+    length: number,
+    fua: boolean,
+    fn: () => Promise<T>,
+    segments?: number,
+  ): Promise<T> {
+    const call: Call = { op, offset, length, fua, start: Date.now() - this.t0, seq: this.calls.length, segments };
     this.calls.push(call);
     this.inFlight++;
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
