@@ -56,6 +56,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { name: 'unix-socket', type: 'string', arg: 'auto|never', group: 'imageio', describe: "Use imageio's local unix socket when it offers one and it answers (default auto)" },
   { name: 'connections', type: 'string', arg: 'N', group: 'imageio', describe: "HTTP connections in the pool (default 4, capped by imageio's max_readers/max_writers)" },
   { name: 'request-size', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Merge writes into HTTP requests of this size (default 8M; 0: off)' },
+  { name: 'readahead', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Read sequential reads ahead in HTTP requests of this size, within data extents (default 8M; 0: off)' },
   { name: 'max-buffer', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Bound on write data buffered or in flight (default 64M)' },
   { name: 'coalesce-idle', type: 'string', arg: 'S', group: 'imageio', describe: 'Send a partly filled request after S seconds without new writes to it (default 0.01)' },
   { name: 'size', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Export size, at most the transfer size (default: the size imageio reports)' },

@@ -471,6 +471,7 @@ class Command {
       text = stack.stats.format() + '\n' + processLine + '\n';
       if (stack.imageio) text += formatHttpStats(stack.imageio.httpStats());
       if (stack.coalesce) text += `coalesce: ${JSON.stringify(stack.coalesce.stats())}\n`;
+      if (stack.readahead) text += `readahead: ${JSON.stringify(stack.readahead.stats())}\n`;
     }
     try {
       if (this.statsFd !== undefined) {

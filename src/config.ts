@@ -36,6 +36,8 @@ export interface RunConfig {
   connections: number;
   /** 0 turns write coalescing off. */
   requestSize: number;
+  /** 0 turns read-ahead off. */
+  readahead: number;
   maxBuffer: number;
   /** Send a partly filled coalescing buffer after this many ms without new writes to it. */
   coalesceIdleMs: number;
@@ -335,6 +337,8 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
   const requestSize = parseSize(text(a['request-size']) ?? '8M', 'request size');
   if (requestSize > 64 * 2 ** 20) throw new ConfigError('invalid request size: at most 64M');
   const maxBuffer = parseSize(text(a['max-buffer']) ?? '64M', 'max buffer');
+  const readahead = parseSize(text(a.readahead) ?? '8M', 'read-ahead size');
+  if (readahead > 64 * 2 ** 20) throw new ConfigError(`invalid --readahead '${text(a.readahead)}': at most 64M`);
   const minRate = parseSize(text(a['min-rate']) ?? String(CLI_DEFAULTS.minRate), 'min rate');
   if (minRate < 1) throw new ConfigError(`invalid --min-rate '${text(a['min-rate'])}': at least 1 byte per second, e.g. 1M`);
   const maxMemory = parseSize(text(a['max-memory']) ?? String(CLI_DEFAULTS.maxMemory), 'max memory');
@@ -377,6 +381,7 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     unixSocket,
     connections: wholeNumber(a.connections, '--connections', 1) ?? CLI_DEFAULTS.connections,
     requestSize,
+    readahead,
     maxBuffer,
     coalesceIdleMs: Math.round(coalesceIdle * 1000),
     preferredBlockSize,

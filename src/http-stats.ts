@@ -46,5 +46,6 @@ export function statsRecords(
     out.push({ text: lines[lines.length - 1], fields: { stats: { kind: 'http-summary', ...summary } } });
   }
   if (stack.coalesce) out.push({ text: 'coalesce', fields: { stats: { kind: 'coalesce', ...stack.coalesce.stats() } } });
+  if (stack.readahead) out.push({ text: 'readahead', fields: { stats: { kind: 'readahead', ...stack.readahead.stats() } } });
   return out;
 }

@@ -11,6 +11,7 @@ export { openImageioBackend, ImageioBackend, type ImageioBackendOptions, type Im
 export { openFileBackend, FileBackend, type FileBackendOptions } from './backends/file-backend';
 export { MemoryBackend } from './backends/memory-backend';
 export { CoalesceLayer, type CoalesceOptions, type CoalesceStats } from './layers/coalesce-layer';
+export { ReadaheadLayer, type ReadaheadOptions } from './layers/readahead-layer';
 export { StatsLayer } from './layers/stats-layer';
 export { NbdServer, type ExportConfig, type ListenAddress, type NbdServerOptions } from './server/nbd-server';
 export { ImageioServer, type ImageioServerOptions } from './imageio-server/imageio-server';

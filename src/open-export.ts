@@ -19,6 +19,7 @@ import { MemoryBackend } from './backends/memory-backend';
 import { openFileBackend } from './backends/file-backend';
 import type { ImageioBackend } from './backends/imageio-backend';
 import type { CoalesceLayer } from './layers/coalesce-layer';
+import type { ReadaheadLayer } from './layers/readahead-layer';
 import { StatsLayer } from './layers/stats-layer';
 import { FailureJournal } from './failure-report';
 import { probeScheme } from './start-probe';
@@ -30,6 +31,7 @@ export interface ExportStack {
   journal: FailureJournal;
   stats: StatsLayer;
   coalesce?: CoalesceLayer;
+  readahead?: ReadaheadLayer;
   imageio?: ImageioBackend;
   /** Preferred NBD request size to advertise. */
   preferredBlockSize: number;
@@ -50,6 +52,8 @@ export interface ExportOptions {
   connections?: number;
   /** Coalesce writes into HTTP requests of this size; 0 turns coalescing off. */
   requestSize?: number;
+  /** Read sequential reads ahead in requests of this size; 0 turns read-ahead off (default 8 MiB). */
+  readahead?: number;
   maxBuffer?: number;
   coalesceIdleMs?: number;
   /** Preferred NBD block size to advertise (default 8 MiB for imageio, 4 MiB otherwise). */
@@ -75,6 +79,7 @@ export const EXPORT_DEFAULTS = {
   unixSocket: 'auto',
   connections: 4,
   requestSize: 8 * MiB,
+  readahead: 8 * MiB,
   maxBuffer: 64 * MiB,
   coalesceIdleMs: 10,
   connectTimeoutMs: 10_000,
@@ -181,17 +186,22 @@ export async function openExport(options: ExportOptions, logger: Logger = silent
       requestSize: opts.requestSize,
       maxBufferedBytes: opts.maxBuffer,
       maxInFlight: imageio.httpStats().poolSize,
-      // A write of half a request or more is big already: send it as it is, without a copy.
-      directWriteSize: Math.ceil(opts.requestSize / 2),
       idleMs: opts.coalesceIdleMs,
       logger,
     });
     inner = coalesce;
   }
+  let readahead: ReadaheadLayer | undefined;
+  if (imageio && opts.readahead > 0) {
+    // Above every layer that writes, so that writes through it drop the windows they overlap.
+    const { ReadaheadLayer } = require('./layers/readahead-layer') as typeof import('./layers/readahead-layer');
+    readahead = new ReadaheadLayer(inner, { windowSize: opts.readahead, maxWindows: 4 });
+    inner = readahead;
+  }
   const stats = new StatsLayer(inner);
   const journal = new FailureJournal(stats);
   const preferredBlockSize = opts.preferredBlockSize ?? (imageio ? 8 * MiB : 4 * MiB);
-  return { top: journal, journal, stats, coalesce, imageio, preferredBlockSize, describe };
+  return { top: journal, journal, stats, coalesce, readahead, imageio, preferredBlockSize, describe };
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {
