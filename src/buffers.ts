@@ -33,7 +33,7 @@ export const MIN_POOLED = 64 * 1024;
 export interface PayloadPoolOptions {
   /** Bound on live bytes (default 256 MiB). */
   maxLiveBytes?: number;
-  /** Bytes of released buffers kept for reuse (default 32 MiB). */
+  /** Bytes of released buffers kept for reuse (default a quarter of the bound, at most 32 MiB). */
   maxFreeBytes?: number;
 }
 
@@ -63,7 +63,8 @@ const owners = new WeakMap<ArrayBufferLike, Entry>();
 
 export class PayloadPool {
   private maxLive: number;
-  private readonly maxFree: number;
+  private maxFree: number;
+  private readonly fixedMaxFree: boolean;
   private live = 0;
   private peakLive = 0;
   private freeBytes = 0;
@@ -81,7 +82,8 @@ export class PayloadPool {
 
   constructor(opts: PayloadPoolOptions = {}) {
     this.maxLive = opts.maxLiveBytes ?? 256 * 1024 * 1024;
-    this.maxFree = opts.maxFreeBytes ?? 32 * 1024 * 1024;
+    this.fixedMaxFree = opts.maxFreeBytes !== undefined;
+    this.maxFree = opts.maxFreeBytes ?? this.maxLive;
     if (!(this.maxLive > 0)) throw new RangeError(`maxLiveBytes must be positive, not ${this.maxLive}`);
   }
 
@@ -89,6 +91,7 @@ export class PayloadPool {
   setMaxLiveBytes(n: number): void {
     if (!(n > 0)) throw new RangeError(`maxLiveBytes must be positive, not ${n}`);
     this.maxLive = n;
+    if (!this.fixedMaxFree) this.maxFree = n;
     this.wake();
   }
 
@@ -128,8 +131,17 @@ export class PayloadPool {
   }
 
   private take(n: number): Buffer {
-    const size = PayloadPool.sizeClass(n);
-    let ab = size >= MIN_POOLED ? this.free.get(size)?.pop() : undefined;
+    let size = PayloadPool.sizeClass(n);
+    let ab: ArrayBuffer | undefined;
+    if (size >= MIN_POOLED) {
+      // The class asked for, else a kept buffer up to twice as big: mixed request sizes (the
+      // last, shorter write of an extent) should not leave kept buffers nobody asks for.
+      ab = this.free.get(size)?.pop();
+      if (!ab && this.free.get(size * 2)?.length) {
+        size *= 2;
+        ab = this.free.get(size)!.pop();
+      }
+    }
     let entry: Entry;
     if (ab) {
       this.freeBytes -= size;

@@ -468,7 +468,10 @@ class Command {
       for (const r of statsRecords(stack, processLine, ru)) emitRecord('json', r.text, r.fields, collect);
       text = lines.join('');
     } else {
+      const m = payloadPool.stats();
+      const mib = (n: number) => (n / 2 ** 20).toFixed(1);
       text = stack.stats.format() + '\n' + processLine + '\n';
+      text += `memory: peak ${mib(m.peakLiveBytes)} MiB of data held (bound ${mib(payloadPool.maxLiveBytes)} MiB), ${mib(m.freeBytes)} MiB kept for reuse, ${m.waits} waits for memory\n`;
       if (stack.imageio) text += formatHttpStats(stack.imageio.httpStats());
       if (stack.coalesce) text += `coalesce: ${JSON.stringify(stack.coalesce.stats())}\n`;
       if (stack.readahead) text += `readahead: ${JSON.stringify(stack.readahead.stats())}\n`;

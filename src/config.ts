@@ -86,12 +86,12 @@ export type ParseResult =
 export const CLI_DEFAULTS = {
   connections: 4,
   requestSize: 8 * 2 ** 20,
-  maxBuffer: 64 * 2 ** 20,
+  maxBuffer: 32 * 2 ** 20,
   coalesceIdleSeconds: 0.01,
   connectTimeoutSeconds: 10,
   requestTimeoutSeconds: 60,
   minRate: 2 ** 20,
-  maxMemory: 256 * 2 ** 20,
+  maxMemory: 48 * 2 ** 20,
   retries: 3,
   keepAliveSeconds: 30,
   threads: 16,
@@ -336,7 +336,7 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
 
   const requestSize = parseSize(text(a['request-size']) ?? '8M', 'request size');
   if (requestSize > 64 * 2 ** 20) throw new ConfigError('invalid request size: at most 64M');
-  const maxBuffer = parseSize(text(a['max-buffer']) ?? '64M', 'max buffer');
+  const maxBuffer = parseSize(text(a['max-buffer']) ?? String(CLI_DEFAULTS.maxBuffer), 'max buffer');
   const readahead = parseSize(text(a.readahead) ?? '8M', 'read-ahead size');
   if (readahead > 64 * 2 ** 20) throw new ConfigError(`invalid --readahead '${text(a.readahead)}': at most 64M`);
   const minRate = parseSize(text(a['min-rate']) ?? String(CLI_DEFAULTS.minRate), 'min rate');
@@ -348,9 +348,10 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     throw new ConfigError(`--max-buffer (${maxBuffer}) must be at least --request-size (${requestSize})`);
   }
   const blockSizeText = text(a['block-size']);
-  const preferredBlockSize = blockSizeText !== undefined ? parseSize(blockSizeText, 'block size') : undefined;
-  if (preferredBlockSize !== undefined && (preferredBlockSize < 512 || preferredBlockSize > 32 * 2 ** 20 || (preferredBlockSize & (preferredBlockSize - 1)) !== 0)) {
-    throw new ConfigError(`invalid block size '${blockSizeText}': a power of two from 512 to 32M`);
+  const preferredBlockSize =
+    blockSizeText === undefined ? undefined : blockSizeText === 'none' ? 0 : parseSize(blockSizeText, 'block size');
+  if (preferredBlockSize !== undefined && preferredBlockSize !== 0 && (preferredBlockSize < 512 || preferredBlockSize > 32 * 2 ** 20 || (preferredBlockSize & (preferredBlockSize - 1)) !== 0)) {
+    throw new ConfigError(`invalid block size '${blockSizeText}': a power of two from 512 to 32M, or none (advertise no block size)`);
   }
 
   let progress: number | undefined;

@@ -56,7 +56,7 @@ export interface ExportOptions {
   readahead?: number;
   maxBuffer?: number;
   coalesceIdleMs?: number;
-  /** Preferred NBD block size to advertise (default 8 MiB for imageio, 4 MiB otherwise). */
+  /** Preferred NBD block size to advertise (default 4 KiB for imageio, 4 MiB otherwise; 0: none). */
   preferredBlockSize?: number;
   connectTimeoutMs?: number;
   requestTimeoutMs?: number;
@@ -80,7 +80,7 @@ export const EXPORT_DEFAULTS = {
   connections: 4,
   requestSize: 8 * MiB,
   readahead: 8 * MiB,
-  maxBuffer: 64 * MiB,
+  maxBuffer: 32 * MiB,
   coalesceIdleMs: 10,
   connectTimeoutMs: 10_000,
   requestTimeoutMs: 60_000,
@@ -200,7 +200,10 @@ export async function openExport(options: ExportOptions, logger: Logger = silent
   }
   const stats = new StatsLayer(inner);
   const journal = new FailureJournal(stats);
-  const preferredBlockSize = opts.preferredBlockSize ?? (imageio ? 8 * MiB : 4 * MiB);
+  // imageio: 4 KiB, so that clients keep their own request sizes and detect zeroes finely
+  // (with 8 MiB nbdcopy sent 57% more data than the image held); coalescing and read-ahead
+  // make the HTTP requests large.
+  const preferredBlockSize = opts.preferredBlockSize ?? (imageio ? 4096 : 4 * MiB);
   return { top: journal, journal, stats, coalesce, readahead, imageio, preferredBlockSize, describe };
 }
 

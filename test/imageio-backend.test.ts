@@ -325,6 +325,25 @@ describe('errors', () => {
     await b.flush();
   });
 
+  test('a read covering zero extents fetches only the data in it', async () => {
+    const server = await startServer({}, 32 * MiB);
+    const b = await open(server, { connections: 2 });
+    const d1 = randomBytes(MiB);
+    const d2 = randomBytes(2 * MiB);
+    await b.pwrite(d1, MiB);
+    await b.pwrite(d2, 8 * MiB);
+    await b.flush();
+    const before = b.httpStats().requests.GET ?? { count: 0, bytes: 0 };
+    const got = await b.pread(0, 16 * MiB);
+    const after = b.httpStats().requests.GET!;
+    expect(after.count - before.count).toBe(2);
+    expect(after.bytes - before.bytes).toBe(3 * MiB);
+    const want = Buffer.alloc(16 * MiB);
+    d1.copy(want, MiB);
+    d2.copy(want, 8 * MiB);
+    expect(got.equals(want)).toBe(true);
+  });
+
   test('a size larger than the transfer fails the start with one line', async () => {
     const server = await startServer({}, 16 * MiB);
     const err = await open(server, { size: 32 * MiB }).catch((e) => e);
@@ -351,6 +370,8 @@ describe('errors', () => {
   test('403 expired ticket: TicketError, no retry', async () => {
     const server = await startServer();
     const b = await open(server);
+    // Data, so that the read needs a GET (ranges known to be zero are not fetched).
+    await b.pwrite(Buffer.alloc(4096, 1), 0);
     server.expireTicket();
     const err = await b.pread(0, 4096).catch((e) => e);
     expect(err).toBeInstanceOf(TicketError);
@@ -515,6 +536,7 @@ describe('keep-alive', () => {
   test('an expired ticket during a pause: the next request fails with its own 403', async () => {
     const server = await startServer({ idleTimeoutMs: 60_000 });
     const b = await open(server, { keepAliveIdleMs: 300, connections: 1 });
+    await b.pwrite(Buffer.alloc(4096, 1), 0);
     await b.pread(0, 4096);
     server.expireTicket();
     await new Promise((r) => setTimeout(r, 900));

@@ -12,7 +12,7 @@ export interface ExportConfig {
   description?: string;
   backend: Backend;
   readonly?: boolean;
-  /** NBD_INFO_BLOCK_SIZE preferred; default max(4 MiB, backend.blockSize().preferred). */
+  /** NBD_INFO_BLOCK_SIZE preferred; default max(4 MiB, backend.blockSize().preferred); 0: send no BLOCK_SIZE info. */
   preferredBlockSize?: number;
 }
 
@@ -28,7 +28,8 @@ export interface ResolvedExport {
   caps: Capabilities;
   /** Read-only for this connection: configured so, or the backend cannot write. */
   readonly: boolean;
-  blockSize: { minimum: number; preferred: number; maximum: number };
+  /** Undefined: no NBD_INFO_BLOCK_SIZE is sent (clients use their own sizes). */
+  blockSize?: { minimum: number; preferred: number; maximum: number };
 }
 
 /** Ask the backend once what it can do; the result is cached for the connection. */
@@ -37,6 +38,7 @@ export function resolveExport(config: ExportConfig): ResolvedExport {
   const caps = backend.capabilities();
   const fromBackend = backend.blockSize?.().preferred ?? 0;
   let preferred = config.preferredBlockSize ?? Math.max(DEFAULT_PREFERRED_BLOCK_SIZE, fromBackend);
+  const advertise = preferred !== 0;
   preferred = Math.min(Math.max(1, preferred), MAX_BLOCK_SIZE);
   return {
     config,
@@ -44,7 +46,7 @@ export function resolveExport(config: ExportConfig): ResolvedExport {
     size: backend.size(),
     caps,
     readonly: !!config.readonly || !caps.canWrite,
-    blockSize: { minimum: 1, preferred, maximum: MAX_BLOCK_SIZE },
+    blockSize: advertise ? { minimum: 1, preferred, maximum: MAX_BLOCK_SIZE } : undefined,
   };
 }
 

@@ -199,7 +199,7 @@ export class Handshake {
     if (asked.has(InfoType.DESCRIPTION) && cfg.description) replies.push(info(encodeInfoDescription(cfg.description)));
     // Sent even when not asked (allowed; minimum 1 imposes nothing on the client).
     const bs = exp.blockSize;
-    replies.push(info(encodeInfoBlockSize(bs.minimum, bs.preferred, bs.maximum)));
+    if (bs) replies.push(info(encodeInfoBlockSize(bs.minimum, bs.preferred, bs.maximum)));
     replies.push(encodeOptionReply(option, OptionReply.ACK));
     if (option === Option.INFO) return this.reply(replies);
     return { action: 'transmit', replies, params: this.params(exp, flags) };
