@@ -23,7 +23,7 @@ import { createLogger, emitRecord, type Logger } from './log';
 import { openExport, type ExportStack } from './open-export';
 import { NbdServer } from './server/nbd-server';
 import { formatSize } from './size';
-import { formatHttpStats, statsRecords } from './http-stats';
+import { formatHttpStats, memoryLine, statsRecords } from './http-stats';
 import { daemonizeIfAsked, notifyDaemonReady } from './daemonize';
 import { dumpConfig, dumpPlugin, longOptions, shortOptions } from './nbdkit-compat';
 import { ProgressReporter } from './progress';
@@ -468,10 +468,7 @@ class Command {
       for (const r of statsRecords(stack, processLine, ru)) emitRecord('json', r.text, r.fields, collect);
       text = lines.join('');
     } else {
-      const m = payloadPool.stats();
-      const mib = (n: number) => (n / 2 ** 20).toFixed(1);
-      text = stack.stats.format() + '\n' + processLine + '\n';
-      text += `memory: peak ${mib(m.peakLiveBytes)} MiB of data held (bound ${mib(payloadPool.maxLiveBytes)} MiB), ${mib(m.freeBytes)} MiB kept for reuse, ${m.waits} waits for memory\n`;
+      text = stack.stats.format() + '\n' + processLine + '\n' + memoryLine() + '\n';
       if (stack.imageio) text += formatHttpStats(stack.imageio.httpStats());
       if (stack.coalesce) text += `coalesce: ${JSON.stringify(stack.coalesce.stats())}\n`;
       if (stack.readahead) text += `readahead: ${JSON.stringify(stack.readahead.stats())}\n`;

@@ -1,4 +1,5 @@
 /** Formats the counters printed by --stats after the NBD lines: HTTP requests, and all of it as JSON records. */
+import { payloadPool } from './buffers';
 import type { ImageioHttpStats } from './backends/imageio-backend';
 import type { ExportStack } from './open-export';
 import { formatBytes } from './size';
@@ -47,5 +48,17 @@ export function statsRecords(
   }
   if (stack.coalesce) out.push({ text: 'coalesce', fields: { stats: { kind: 'coalesce', ...stack.coalesce.stats() } } });
   if (stack.readahead) out.push({ text: 'readahead', fields: { stats: { kind: 'readahead', ...stack.readahead.stats() } } });
+  const m = payloadPool.stats();
+  out.push({ text: memoryLine(), fields: { stats: { kind: 'memory', ...m, maxLiveBytes: payloadPool.maxLiveBytes } } });
   return out;
+}
+
+/** The payload pool at exit: the most data held at once, against the bound (--max-memory). */
+export function memoryLine(): string {
+  const m = payloadPool.stats();
+  const mib = (n: number) => (n / 2 ** 20).toFixed(1);
+  return (
+    `memory: peak ${mib(m.peakLiveBytes)} MiB of data held (bound ${mib(payloadPool.maxLiveBytes)} MiB), ` +
+    `${mib(m.freeBytes)} MiB kept for reuse, ${m.waits} waits for memory`
+  );
 }

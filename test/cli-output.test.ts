@@ -63,7 +63,7 @@ test('--log-format json: progress, stats and the coalescing counters are JSON li
   expect(progress.at(-1)!.progress).toMatchObject({ final: true, size: SIZE });
   expect((progress.at(-1)!.progress as unknown as { written: number }).written).toBeGreaterThan(0);
   const kinds = new Set(records.filter((x) => x.stats).map((x) => x.stats!.kind));
-  expect([...kinds].sort()).toEqual(['coalesce', 'http', 'http-summary', 'nbd', 'process', 'readahead']);
+  expect([...kinds].sort()).toEqual(['coalesce', 'http', 'http-summary', 'memory', 'nbd', 'process', 'readahead']);
   const write = records.find((x) => x.stats?.kind === 'nbd' && (x.stats as { op?: string }).op === 'write');
   expect(write?.msg).toMatch(/^write: \d+ ops, /);
   expect(write?.stats).toMatchObject({ ops: expect.any(Number), bytes: expect.any(Number) });

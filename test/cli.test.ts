@@ -270,7 +270,7 @@ describe('output', () => {
     );
     expect(lines).toContainEqual(expect.stringMatching(/^coalesce: \{.*\}$/));
     for (const l of lines) {
-      expect(l).toMatch(new RegExp(`${nbd.source}|^http[ :]|^process: |^coalesce: |^readahead: `));
+      expect(l).toMatch(new RegExp(`${nbd.source}|^http[ :]|^process: |^coalesce: |^readahead: |^memory: `));
     }
 
     const s2 = await imageio({ name: 'b' });
