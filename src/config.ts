@@ -7,7 +7,7 @@
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import yargs from 'yargs/yargs';
+import { parseArgs as nodeParseArgs } from 'node:util';
 import { ConfigError } from './errors';
 import { parseSize } from './size';
 import { NBD_DEFAULT_PORT } from '../protocol/constants';
@@ -100,34 +100,81 @@ export const CLI_DEFAULTS = {
   host: '127.0.0.1',
 } as const;
 
-function buildParser(argv: string[]) {
-  let p = yargs(argv)
-    .parserConfiguration({
-      'camel-case-expansion': false,
-      'strip-aliased': true,
-      // --no-fork and --no-sr are options of their own, not negations.
-      'boolean-negation': false,
-      // Values are parsed here, with messages that echo what was typed.
-      'parse-numbers': false,
-      'parse-positional-numbers': false,
-    })
-    .help(false)
-    .version(false)
-    .strictOptions(true)
-    .exitProcess(false)
-    .fail((msg, err) => {
-      throw new ConfigError(err ? err.message : msg);
-    });
+/**
+ * Parses argv with the option table, in the shape the rest of this file reads: each option
+ * under its short letter, else its name (aliases folded in); strings as typed (an array when
+ * repeated), flags true, counts a number; positionals in `_`. node:util's parser rather than
+ * yargs: it is built in, and loading yargs cost about 30 ms of every start.
+ */
+function parseTable(argv: string[]): Record<string, unknown> {
+  type Spec = { key: string; kind: 'string' | 'flag' | 'count' };
+  const specs = new Map<string, Spec>();
+  const options: Record<string, { type: 'string' | 'boolean'; short?: string; multiple: true }> = {};
+  const add = (name: string, short: string | undefined, spec: Spec) => {
+    specs.set(name, spec);
+    options[name] = { type: spec.kind === 'string' ? 'string' : 'boolean', multiple: true, ...(short ? { short } : {}) };
+  };
   for (const o of OPTIONS) {
-    const key = o.short ?? o.name;
-    const alias = [...(o.short ? [o.name] : []), ...(o.aliases ?? [])];
-    const type = o.type === 'flag' ? 'boolean' : o.type === 'count' ? 'count' : 'string';
-    p = p.option(key, { alias, type });
+    const spec: Spec = { key: o.short ?? o.name, kind: o.type };
+    add(o.name, o.short, spec);
+    for (const alias of o.aliases ?? []) add(alias, undefined, spec);
   }
-  for (const u of UNSUPPORTED_NBDKIT_OPTIONS) {
-    p = p.option(u.short ?? u.name, { alias: u.short ? [u.name] : [], type: u.takesValue ? 'string' : 'boolean' });
+  for (const u of UNSUPPORTED_NBDKIT_OPTIONS) add(u.name, u.short, { key: u.short ?? u.name, kind: u.takesValue ? 'string' : 'flag' });
+  // A value that starts with a dash (--size -5) is the value, as long as it is not an option:
+  // node:util would refuse it as ambiguous, and the value's own check says what is wrong.
+  const shorts = new Set(Object.values(options).flatMap((o) => (o.short ? [o.short] : [])));
+  const known = (x: string) => (x.startsWith('--') ? specs.has(x.slice(2).split('=')[0]) : shorts.has(x.charAt(1)));
+  const args: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const x = argv[i];
+    const next = argv[i + 1];
+    if (x === '--') {
+      args.push(...argv.slice(i));
+      break;
+    }
+    const name = x.startsWith('--') ? x.slice(2) : undefined;
+    if (name !== undefined && specs.get(name)?.kind === 'string' && next !== undefined && next.startsWith('-') && next !== '-' && !known(next)) {
+      args.push(`${x}=${next}`);
+      i++;
+    } else args.push(x);
   }
-  return p;
+  let parsed: { values: Record<string, unknown>; positionals: string[] };
+  try {
+    parsed = nodeParseArgs({ args, options, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new ConfigError(argumentError(err));
+  }
+  const a: Record<string, unknown> = { _: parsed.positionals };
+  for (const [name, value] of Object.entries(parsed.values)) {
+    const spec = specs.get(name)!;
+    const list = value as Array<string | boolean>;
+    if (spec.kind === 'count') a[spec.key] = ((a[spec.key] as number | undefined) ?? 0) + list.length;
+    else if (spec.kind === 'flag') a[spec.key] = true;
+    else {
+      // One value as a string, repeated ones as an array (text() takes the last).
+      const prev = a[spec.key] as string | string[] | undefined;
+      const all = [...(prev === undefined ? [] : Array.isArray(prev) ? prev : [prev]), ...(list as string[])];
+      a[spec.key] = all.length === 1 ? all[0] : all;
+    }
+  }
+  return a;
+}
+
+/** node:util's parse errors, as one line that names the option. */
+function argumentError(err: unknown): string {
+  const e = err as { code?: string; message?: string };
+  const msg = String(e.message ?? err);
+  const opt = /'(-[^'\s]*)/.exec(msg)?.[1];
+  switch (e.code) {
+    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      return `unknown option ${opt ?? msg}: see --help`;
+    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
+      if (/argument missing|ambiguous/.test(msg)) return `option ${opt ?? ''} needs a value`.replace('  ', ' ');
+      if (/does not take an argument/.test(msg)) return `option ${opt ?? ''} takes no value`;
+      return msg;
+    default:
+      return msg;
+  }
 }
 
 function truthy(v: string): boolean {
@@ -222,7 +269,7 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
   if (argv[0] === 'imageio-server') return { kind: 'imageio-server', argv: argv.slice(1) };
   if (argv[0] === 'engine-server') return { kind: 'engine-server', argv: argv.slice(1) };
   const { args, statsCandidate } = normalizeArgv(argv);
-  const a = (await buildParser(args).parseAsync()) as Record<string, unknown>;
+  const a = parseTable(args);
   if (a.h) return { kind: 'help', text: helpText() };
 
   for (const u of UNSUPPORTED_NBDKIT_OPTIONS) {

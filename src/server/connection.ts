@@ -216,7 +216,8 @@ export class NbdConnection implements PayloadWaiter {
         this.socket.destroy();
         return;
       }
-      if (this.decoder.inMessage) this.log.warn('client closed in the middle of a request');
+      // The client's own doing (it gave up on a failed copy, or was killed): not ours to warn about.
+      if (this.decoder.inMessage) this.log.debug('client closed in the middle of a request');
       this.stopReading = true;
     }
     if (blocked) this.socket.pause();
