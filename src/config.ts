@@ -389,7 +389,9 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
   const minRate = parseSize(text(a['min-rate']) ?? String(CLI_DEFAULTS.minRate), 'min rate');
   if (minRate < 1) throw new ConfigError(`invalid --min-rate '${text(a['min-rate'])}': at least 1 byte per second, e.g. 1M`);
   const maxMemory = parseSize(text(a['max-memory']) ?? String(CLI_DEFAULTS.maxMemory), 'max memory');
-  if (maxMemory < 2 ** 20) throw new ConfigError(`invalid --max-memory '${text(a['max-memory'])}': at least 1M, e.g. 256M`);
+  // 3/4 of it is what WRITEs being received may hold, and that must take one request of the
+  // advertised maximum block size (32 MiB).
+  if (maxMemory < 48 * 2 ** 20) throw new ConfigError(`invalid --max-memory '${text(a['max-memory'])}': at least 48M`);
   const coalesceIdle = seconds(a['coalesce-idle'], '--coalesce-idle', 0.001, 3600) ?? CLI_DEFAULTS.coalesceIdleSeconds;
   if (requestSize > 0 && maxBuffer < requestSize) {
     throw new ConfigError(`--max-buffer (${maxBuffer}) must be at least --request-size (${requestSize})`);

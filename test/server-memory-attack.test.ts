@@ -1,15 +1,17 @@
 /**
- * The memory attack against the real command: 30 NBD connections each send a 64 MiB WRITE
- * header and 60 MiB of its payload, then stall. Before payload memory had one bound the server
- * held all of it (1.9 GiB). Now, with the default bound (256 MiB), partly received payloads may
- * hold at most 3/4 of it: three connections get their buffers, the other 27 stop being read
- * (their data waits in the clients' and the kernel's buffers), and the rest of the bound stays
- * free, so another client can still negotiate and read.
+ * The memory attack against the real command: 30 NBD connections each send a WRITE header of
+ * the advertised maximum size (32 MiB) and 30 MiB of its payload, then stall. (The attack as
+ * first reported used 64 MiB WRITEs, held in full: 1.9 GiB. A payload above 3/4 of the bound is
+ * now refused with EINVAL after draining it, so that form costs no memory at all: the second
+ * test.) With the default bound (48 MiB), partly received payloads may hold at most 3/4 of it:
+ * one connection gets its buffer, the other 29 stop being read (their data waits in the
+ * clients' and the kernel's buffers), and the rest of the bound stays free, so another client
+ * can still negotiate and read.
  */
 import { readFileSync } from 'node:fs';
 import { Command, ReplyType } from '../protocol/constants';
 import { killAll, spawnCli, waitForFile, tmpDir, type TmpDir, MiB, sleep } from './helpers/cli';
-import { RawNbdClient } from './helpers/raw-nbd-client';
+import { RawNbdClient, replyErrno } from './helpers/raw-nbd-client';
 import { openSync, closeSync, ftruncateSync } from 'node:fs';
 
 /** VmRSS and VmHWM (peak) of a process, in MiB. */
@@ -30,7 +32,7 @@ afterEach(async () => {
   dir.cleanup();
 });
 
-test('30 stalled 64 MiB WRITEs: RSS stays below 400 MiB and another client still reads', async () => {
+test('30 stalled 32 MiB WRITEs: RSS stays below 400 MiB and another client still reads', async () => {
   const target = dir.file('disk.raw');
   const fd = openSync(target, 'w');
   ftruncateSync(fd, 4 * 1024 * MiB);
@@ -46,8 +48,8 @@ test('30 stalled 64 MiB WRITEs: RSS stays below 400 MiB and another client still
     const c = await RawNbdClient.connect(sock);
     clients.push(c);
     await c.negotiate();
-    c.request({ type: Command.WRITE, cookie: BigInt(i), offset: i * 64 * MiB, length: 64 * MiB });
-    for (let k = 0; k < 60; k++) c.write(piece);
+    c.request({ type: Command.WRITE, cookie: BigInt(i), offset: i * 64 * MiB, length: 32 * MiB });
+    for (let k = 0; k < 30; k++) c.write(piece);
   }
   // Wait until the server takes no more: what the clients still hold stops shrinking.
   const pending = () => clients.reduce((n, c) => n + c.socket.writableLength, 0);
@@ -59,8 +61,8 @@ test('30 stalled 64 MiB WRITEs: RSS stays below 400 MiB and another client still
     last = now;
   }
   const during = memoryOf(pid);
-  // Most of the 1.8 GiB sent is not in the server: the stalled connections are not read.
-  expect(last).toBeGreaterThan(1000 * MiB);
+  // Most of the 900 MiB sent is not in the server: the stalled connections are not read.
+  expect(last).toBeGreaterThan(600 * MiB);
   expect(during.peak).toBeLessThan(400);
 
   // A new client negotiates and reads while all of that is held.
@@ -83,4 +85,39 @@ test('30 stalled 64 MiB WRITEs: RSS stays below 400 MiB and another client still
   proc.signal('SIGTERM');
   const res = await proc.exited;
   expect(res.code).toBe(0);
+}, 120000);
+
+test('30 stalled 64 MiB WRITEs (above the limit): drained and refused, RSS stays low, others are served', async () => {
+  const target = dir.file('disk.raw');
+  const fd = openSync(target, 'w');
+  ftruncateSync(fd, 4 * 1024 * MiB);
+  closeSync(fd);
+  const sock = dir.file('nbd.sock');
+  const pidfile = dir.file('nbd.pid');
+  const proc = spawnCli(['-f', '-P', pidfile, '-U', sock, `file://${target}`], { timeoutMs: 120000 });
+  const pid = Number(await waitForFile(pidfile));
+  const piece = Buffer.alloc(MiB, 0x5a);
+  for (let i = 0; i < 30; i++) {
+    const c = await RawNbdClient.connect(sock);
+    clients.push(c);
+    await c.negotiate();
+    c.request({ type: Command.WRITE, cookie: BigInt(i), offset: i * 64 * MiB, length: 64 * MiB });
+    for (let k = 0; k < 60; k++) c.write(piece);
+  }
+  // One of them sends the rest: it is refused with EINVAL, and its connection still works.
+  const whole = clients[0];
+  for (let k = 0; k < 4; k++) whole.write(piece);
+  const refused = await whole.reply(30000);
+  expect(refused).toMatchObject({ cookie: 0n });
+  expect(replyErrno(refused)).toBe(22); // EINVAL
+  const r = await RawNbdClient.connect(sock);
+  clients.push(r);
+  await r.negotiate();
+  r.request({ type: Command.READ, cookie: 1000n, offset: 0, length: 512 });
+  const reply = await r.reply(10000);
+  expect(reply).toMatchObject({ kind: 'chunk', type: ReplyType.OFFSET_DATA, cookie: 1000n });
+  expect(memoryOf(pid).peak).toBeLessThan(200);
+  for (const c of clients.splice(0)) c.destroy();
+  proc.signal('SIGTERM');
+  expect((await proc.exited).code).toBe(0);
 }, 120000);

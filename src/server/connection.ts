@@ -101,6 +101,10 @@ export class NbdConnection implements PayloadWaiter {
   private readonly log: Logger;
   private readonly debug: boolean;
   private readonly decoder: NbdDecoder;
+  /** Largest READ/WRITE payload served (see ReceiveBudget.payloadLimit). */
+  private get payloadLimit(): number {
+    return Math.min(MAX_PAYLOAD, this.budget.payloadLimit);
+  }
   private readonly budget: ReceiveBudget;
   private readonly socket: Socket;
   private readonly handshake: Handshake;
@@ -127,7 +131,7 @@ export class NbdConnection implements PayloadWaiter {
     this.debug = this.log.isLevelEnabled('debug');
     this.budget = opts.budget;
     this.decoder = new NbdDecoder(
-      { maxPayload: MAX_PAYLOAD, ...opts.decoderLimits },
+      { maxPayload: Math.min(MAX_PAYLOAD, opts.budget.payloadLimit), ...opts.decoderLimits },
       { allocatePayload: (n) => (this.waitingMemory ? undefined : this.budget.tryTake(n)) },
     );
     this.handshake = new Handshake(opts.exports, this.log, { maxOptions: opts.maxOptions });
@@ -289,7 +293,7 @@ export class NbdConnection implements PayloadWaiter {
         // The payload has been drained: fail this request, keep the connection.
         this.log.warn({ cookie: h.cookie.toString(), length: h.length }, 'write payload too large, drained');
         // EINVAL: the spec keeps EOVERFLOW for reads (and payload-less requests) over the limit.
-        this.sendError(h, NbdError.EINVAL, `write of ${h.length} bytes exceeds the ${MAX_PAYLOAD} byte limit`);
+        this.sendError(h, NbdError.EINVAL, `write of ${h.length} bytes exceeds the ${this.payloadLimit} byte limit`);
         return;
       }
     }
@@ -424,10 +428,10 @@ export class NbdConnection implements PayloadWaiter {
         }
         break;
       case Command.READ:
-        if (h.length > MAX_PAYLOAD) {
+        if (h.length > this.payloadLimit) {
           return {
             errno: tx.structuredReplies ? NbdError.EOVERFLOW : NbdError.EINVAL,
-            message: `read of ${h.length} bytes exceeds the ${MAX_PAYLOAD} byte limit`,
+            message: `read of ${h.length} bytes exceeds the ${this.payloadLimit} byte limit`,
           };
         }
         break;

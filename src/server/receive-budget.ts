@@ -33,6 +33,15 @@ export class ReceiveBudget {
     private readonly share = 0.75,
   ) {}
 
+  /**
+   * The largest READ or WRITE payload served: at most the receive share of the bound, so that
+   * one stalled client can never hold all of it (larger ones are refused with an error; the
+   * advertised maximum block size is smaller, so conforming clients never send them).
+   */
+  get payloadLimit(): number {
+    return Math.floor(this.pool.maxLiveBytes * this.share);
+  }
+
   /** Bytes (by pool size class) of payloads being received. */
   get receivingBytes(): number {
     return this.used;
