@@ -349,8 +349,10 @@ class Command {
     let exitCode = 0;
     const flushIfIdle = async () => {
       // The last client left: send buffered data and make it durable now rather than at exit,
-      // so a failure is reported while someone may still be watching.
-      if (server.connectionCount > 0 || !stack.top.capabilities().canFlush || c.readonly) return;
+      // so a failure is reported while someone may still be watching. Only imageio buffers
+      // anything: a file export's writes are in the page cache already, and syncing the whole
+      // image after every client (nbdkit does not) cost seconds.
+      if (server.connectionCount > 0 || !stack.imageio || !stack.top.capabilities().canFlush || c.readonly) return;
       try {
         await stack.top.flush();
       } catch (err) {
