@@ -8,6 +8,12 @@ import { AllocationMap } from './allocation-map';
 
 /** Block size of the start-up scan for all-zero regions. Reading holes of a sparse file is cheap. */
 const SCAN_BLOCK = 1 << 20;
+/**
+ * Granularity of the extents the scan reports: 4 KiB, the file system block that qemu-nbd's
+ * allocation status (imageio's nbd backend) reports. A coarser grain turns the edges of every
+ * data extent into data, and clients then read zeroes as data.
+ */
+const SCAN_GRAIN = 4096;
 /** Shared, never-written buffer of zeros for PATCH zero. */
 const ZEROS = Buffer.alloc(1 << 20);
 
@@ -45,7 +51,18 @@ export class ImageFile {
     for (let pos = 0; pos < this.fileSize; pos += SCAN_BLOCK) {
       const want = Math.min(SCAN_BLOCK, this.fileSize - pos);
       const { bytesRead } = await fh.read(buf, 0, want, pos);
-      if (!buf.subarray(0, bytesRead).equals(ZEROS.subarray(0, bytesRead))) this.map.markData(pos, pos + want);
+      if (buf.subarray(0, bytesRead).equals(ZEROS.subarray(0, bytesRead))) continue;
+      let runStart = -1;
+      for (let off = 0; off < bytesRead; off += SCAN_GRAIN) {
+        const end = Math.min(off + SCAN_GRAIN, bytesRead);
+        const zero = buf.subarray(off, end).equals(ZEROS.subarray(0, end - off));
+        if (!zero && runStart < 0) runStart = off;
+        if (zero && runStart >= 0) {
+          this.map.markData(pos + runStart, pos + off);
+          runStart = -1;
+        }
+      }
+      if (runStart >= 0) this.map.markData(pos + runStart, pos + bytesRead);
     }
   }
 
