@@ -3,6 +3,7 @@
 #   benchmark (upload, block-size hints, download, backpressure, start-up; see docs/performance.md,
 #   and `npm run bench -- --help` for the options).
 # npm run bench:nbdkit [-- --size 1G]: NBD overhead against nbdkit's file plugin.
+# npm run bench:floor [-- --size 2G]: the CPU floor of forwarding bytes through one Node process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/node-env.sh
@@ -13,5 +14,6 @@ which="${BENCH:-all}"
 case "$which" in
   all|upload) exec node dist/bench/bench.js "$@" ;;
   nbdkit) exec node dist/bench/nbdkit-compare.js "$@" ;;
+  floor) exec node dist/bench/forwarder-floor.js "$@" ;;
   *) echo "unknown BENCH=$which" >&2; exit 2 ;;
 esac
