@@ -89,9 +89,14 @@ test('backup-download.sh URL OUT: the map, then a byte-exact backup that skipped
   const out = suite.dir.file('backup.raw');
   const r = await example(['backup-download.sh', s.url, out]);
   expect(compareFiles(copy, out)).toBe('equal');
-  expect(r.stdout).toMatch(/^\s*0\s+\d+\s+0\s+data$/m);
+  expect(r.stdout).toMatch(/^\s*\d+\s+\d+\s+0\s+data$/m);
   expect(r.stdout).toMatch(/\s3\s+hole,zero$/m);
   expect(s.server.stats().bytesRead).toBeLessThan(64 * MiB); // whole 8 MiB holes were not read
+  // The data extents of the map were fetched, and little around them: zero gaps under 256 KiB
+  // inside one read are fetched with it rather than split into more GETs (measured 1.05x here).
+  const dataBytes = [...r.stdout.matchAll(/^\s*\d+\s+(\d+)\s+0\s+data$/gm)].reduce((sum, m) => sum + Number(m[1]), 0);
+  expect(s.server.stats().bytesRead).toBeGreaterThanOrEqual(dataBytes);
+  expect(s.server.stats().bytesRead).toBeLessThanOrEqual(1.1 * dataBytes);
 });
 
 test('library.ts URL: backend I/O, then the same bytes through NBD', async () => {
