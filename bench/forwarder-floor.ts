@@ -17,11 +17,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseSize } from '../src/size';
-
-function arg(name: string, def: string): string {
-  const i = process.argv.indexOf(name);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : def;
-}
+import { arg } from './lib';
 
 interface Usage {
   user: number;
@@ -109,9 +105,9 @@ async function runOnce(dir: string, size: number, chunk: number): Promise<Usage 
 }
 
 async function main(): Promise<void> {
-  const size = parseSize(arg('--size', '2G'));
-  const chunk = parseSize(arg('--chunk', '1M'));
-  const repeat = Number(arg('--repeat', '3'));
+  const size = parseSize(arg('size', '2G'));
+  const chunk = parseSize(arg('chunk', '1M'));
+  const repeat = Number(arg('repeat', '3'));
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'imageio-nbd-floor-'));
   try {
     const gib = size / 2 ** 30;
