@@ -8,42 +8,27 @@
  *   POST /transfers/pause            every transferring transfer becomes paused_system
  *   POST /disks                      {"size": N, "name"?, "format"?, "from"?: FILE}: a disk in state ok
  */
-import { promises as fsp } from 'node:fs';
-import http from 'node:http';
+import { ControlSocket, NotFound } from '../control-socket';
 import type { EngineFaults, FakeEngine } from './fake-engine';
 
 export class EngineControlServer {
-  private server?: http.Server;
+  private readonly socket: ControlSocket;
 
   constructor(
     private readonly engine: FakeEngine,
     readonly path: string,
-  ) {}
+  ) {
+    this.socket = new ControlSocket(path, (method, url, text) =>
+      this.handle(method, url, text ? (JSON.parse(text) as Record<string, unknown>) : {}),
+    );
+  }
 
-  async start(): Promise<void> {
-    await fsp.rm(this.path, { force: true });
-    this.server = http.createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        let status = 200;
-        let result: unknown;
-        try {
-          const text = Buffer.concat(chunks).toString('utf8');
-          result = this.handle(req.method ?? 'GET', (req.url ?? '/').split('?')[0], text ? (JSON.parse(text) as Record<string, unknown>) : {});
-        } catch (err) {
-          status = err instanceof NotFound ? 404 : 400;
-          result = { error: (err as Error).message };
-        }
-        const body = JSON.stringify(result ?? { ok: true }) + '\n';
-        res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
-        res.end(body);
-      });
-    });
-    await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
-      this.server!.listen(this.path, () => resolve());
-    });
+  start(): Promise<void> {
+    return this.socket.start();
+  }
+
+  close(): Promise<void> {
+    return this.socket.close();
   }
 
   private handle(method: string, url: string, body: Record<string, unknown>): unknown {
@@ -77,17 +62,4 @@ export class EngineControlServer {
     }
     throw new NotFound(`no route ${method} ${url}`);
   }
-
-  async close(): Promise<void> {
-    const s = this.server;
-    if (!s) return;
-    this.server = undefined;
-    await new Promise<void>((r) => {
-      s.close(() => r());
-      s.closeAllConnections();
-    });
-    await fsp.rm(this.path, { force: true });
-  }
 }
-
-class NotFound extends Error {}

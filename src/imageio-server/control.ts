@@ -5,42 +5,31 @@
  * ({"ms": N, "ops": [...]}), GET /stats, POST /ticket/expire, POST /ticket/cancel,
  * POST /close-idle.
  */
-import { promises as fsp } from 'node:fs';
-import http from 'node:http';
+import { ControlSocket, NotFound } from '../control-socket';
 import type { FaultOp, FaultRule, RandomFaults } from './faults';
 import type { ImageioServer } from './imageio-server';
 
 export class ControlServer {
-  private server?: http.Server;
+  private readonly socket: ControlSocket;
 
   constructor(
     private readonly target: ImageioServer,
     readonly path: string,
-  ) {}
-
-  async start(): Promise<void> {
-    await fsp.rm(this.path, { force: true });
-    this.server = http.createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        try {
-          const result = this.handle(req.method ?? '', req.url ?? '', Buffer.concat(chunks).toString('utf8'));
-          reply(res, 200, result ?? { ok: true });
-        } catch (err) {
-          reply(res, err instanceof NotFound ? 404 : 400, { error: (err as Error).message });
-        }
-      });
-    });
-    await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
-      this.server!.listen(this.path, () => resolve());
-    });
+  ) {
+    this.socket = new ControlSocket(path, (method, route, body) => this.handle(method, route, body));
   }
 
-  private handle(method: string, url: string, body: string): unknown {
+  start(): Promise<void> {
+    return this.socket.start();
+  }
+
+  close(): Promise<void> {
+    return this.socket.close();
+  }
+
+  private handle(method: string, path: string, body: string): unknown {
     const t = this.target;
-    const route = `${method} ${url.split('?')[0]}`;
+    const route = `${method} ${path}`;
     switch (route) {
       case 'POST /faults': {
         const rule = JSON.parse(body) as FaultRule;
@@ -73,23 +62,4 @@ export class ControlServer {
         throw new NotFound(`no route ${route}`);
     }
   }
-
-  async close(): Promise<void> {
-    const s = this.server;
-    if (!s) return;
-    this.server = undefined;
-    await new Promise<void>((r) => {
-      s.close(() => r());
-      s.closeAllConnections();
-    });
-    await fsp.rm(this.path, { force: true });
-  }
-}
-
-class NotFound extends Error {}
-
-function reply(res: http.ServerResponse, status: number, data: unknown): void {
-  const body = JSON.stringify(data) + '\n';
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
-  res.end(body);
 }
