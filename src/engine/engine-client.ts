@@ -28,7 +28,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Client } from 'undici';
-import { ConfigError, EngineError, describeError } from '../errors';
+import { CERTIFICATE_ERROR_CODES, ConfigError, EngineError, describeError } from '../errors';
 import type { Logger } from '../log';
 import { silentLogger } from '../log';
 import {
@@ -79,17 +79,6 @@ export interface NewTransferSpec {
 const SSO_TOKEN_PATH = '/ovirt-engine/sso/oauth/token';
 const SSO_LOGOUT_PATH = '/ovirt-engine/services/sso-logout';
 const MAX_BODY = 4 << 20;
-const TLS_VERIFY_CODES = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'CERT_HAS_EXPIRED',
-  'CERT_NOT_YET_VALID',
-  'CERT_UNTRUSTED',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
-]);
 
 interface Reply {
   status: number;
@@ -340,7 +329,7 @@ export class EngineClient {
         return { status: res.statusCode, json, text };
       } catch (err) {
         const code = errorCode(err);
-        if (code && TLS_VERIFY_CODES.has(code)) {
+        if (code && CERTIFICATE_ERROR_CODES.has(code)) {
           throw new ConfigError(
             `cannot verify the TLS certificate of the engine ${this.origin} (${code}): pass the engine's CA with --cafile ` +
               `(${this.origin}/ovirt-engine/services/pki-resource?resource=ca-certificate&format=X509-PEM-CA), or --insecure`,
@@ -378,7 +367,7 @@ function engineHttpError(method: string, path: string, r: Reply): EngineError {
 
 function errorCode(err: unknown): string | undefined {
   for (let e = err as { code?: unknown; cause?: unknown } | undefined, i = 0; e && i < 4; e = e.cause as typeof e, i++) {
-    if (typeof e.code === 'string' && TLS_VERIFY_CODES.has(e.code)) return e.code;
+    if (typeof e.code === 'string' && CERTIFICATE_ERROR_CODES.has(e.code)) return e.code;
   }
   return (err as { code?: unknown })?.code as string | undefined;
 }

@@ -10,7 +10,7 @@
  * Every failure is logged once, as one line naming the request, the range and the cause.
  */
 import { NbdError } from '../../../protocol/constants';
-import { DataLossError, HttpError, TicketError, describeError, type HttpFailure } from '../../errors';
+import { CERTIFICATE_ERROR_CODES, DataLossError, HttpError, TicketError, describeError, type HttpFailure } from '../../errors';
 import type { Logger } from '../../log';
 import { formatBytes } from '../../size';
 import { ExchangeError, HttpConnection, type Effect, type Endpoint, type ExchangeResult } from './http-connection';
@@ -65,18 +65,8 @@ export interface ImageioHttpStats {
 const ERROR_BODY_CHARS = 200;
 const SMALL_BODY = 64 * 1024;
 
-export const TLS_VERIFY_CODES = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'CERT_HAS_EXPIRED',
-  'CERT_NOT_YET_VALID',
-  'CERT_UNTRUSTED',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
-  'ERR_SSL_WRONG_VERSION_NUMBER',
-]);
+/** Failures of TLS set-up that a retry cannot fix: the certificate, or a server that speaks plain HTTP. */
+export const TLS_VERIFY_CODES: ReadonlySet<string> = new Set([...CERTIFICATE_ERROR_CODES, 'ERR_SSL_WRONG_VERSION_NUMBER']);
 
 function requestClass(kind: RequestKind): RequestClass {
   switch (kind) {
