@@ -9,6 +9,7 @@ import { promises as fsp } from 'node:fs';
 import yargs from 'yargs';
 import { parseSize } from '../size';
 import { createLogger } from '../log';
+import { readTlsFiles, untilStopSignal } from '../subcommand';
 import { readHardwareId } from '../engine/placement';
 import { EngineControlServer } from './control';
 import { FakeEngine, type FakeHostSpec } from './fake-engine';
@@ -69,8 +70,7 @@ export async function runEngineServerCommand(argv: string[]): Promise<number> {
       hosts[args['local-host'] - 1].hardwareUuid = id;
     }
     const password = args['password-file'] ? (await fsp.readFile(args['password-file'], 'utf8')).split('\n')[0].replace(/\r$/, '') : undefined;
-    const tls =
-      args['tls-cert'] && args['tls-key'] ? { cert: await fsp.readFile(args['tls-cert']), key: await fsp.readFile(args['tls-key']) } : undefined;
+    const tls = await readTlsFiles(args['tls-cert'], args['tls-key']);
     if (args.dir) await fsp.mkdir(args.dir, { recursive: true });
     engine = new FakeEngine({
       dir: args.dir,
@@ -108,15 +108,7 @@ export async function runEngineServerCommand(argv: string[]): Promise<number> {
     ].join('\n') + '\n',
   );
 
-  await new Promise<NodeJS.Signals>((resolve) => {
-    const onSignal = (sig: NodeJS.Signals) => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      resolve(sig);
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-  });
+  await untilStopSignal();
   await control?.close();
   await engine.close();
   return 0;

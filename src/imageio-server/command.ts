@@ -9,6 +9,7 @@ import { promises as fsp } from 'node:fs';
 import yargs from 'yargs';
 import { VERSION } from '../config';
 import { createLogger } from '../log';
+import { readTlsFiles, untilStopSignal } from '../subcommand';
 import { ControlServer } from './control';
 import { DATA_OPS, type FaultOp } from './faults';
 import { IMAGEIO_VERSION } from './http-errors';
@@ -108,10 +109,7 @@ export async function runImageioServerCommand(argv: string[]): Promise<number> {
     const latencyOps = parseOps(args['latency-ops']);
     const size = args.size !== undefined ? parseSize(args.size) : undefined;
     await ensureImage(image, size);
-    const tls =
-      args['tls-cert'] && args['tls-key']
-        ? { cert: await fsp.readFile(args['tls-cert']), key: await fsp.readFile(args['tls-key']) }
-        : undefined;
+    const tls = await readTlsFiles(args['tls-cert'], args['tls-key']);
     server = new ImageioServer({
       image,
       size,
@@ -140,15 +138,7 @@ export async function runImageioServerCommand(argv: string[]): Promise<number> {
   process.stdout.write(`${server.url}\n`);
   if (server.unixSocket !== undefined) process.stdout.write(`unix_socket=${displaySocket(server.unixSocket)}\n`);
 
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    const onSignal = (sig: NodeJS.Signals) => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      resolve(sig);
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-  });
+  const signal = await untilStopSignal();
   logger.debug({ signal }, 'shutting down');
   await control?.close();
   await server.close();
