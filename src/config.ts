@@ -100,44 +100,45 @@ export const CLI_DEFAULTS = {
   host: '127.0.0.1',
 } as const;
 
+type OptionSpec = { key: string; kind: 'string' | 'flag' | 'count' };
+
+interface OptionTable {
+  /** Every long name (aliases and refused nbdkit options included): where its value goes. */
+  specs: Map<string, OptionSpec>;
+  /** The same for node:util's parser. */
+  options: Record<string, { type: 'string' | 'boolean'; short?: string; multiple: true }>;
+  shorts: Set<string>;
+}
+
+let optionTable: OptionTable | undefined;
+
+/** The option table in the forms the parser needs; built once. */
+function table(): OptionTable {
+  if (optionTable) return optionTable;
+  const specs = new Map<string, OptionSpec>();
+  const options: OptionTable['options'] = {};
+  const add = (name: string, short: string | undefined, spec: OptionSpec) => {
+    specs.set(name, spec);
+    options[name] = { type: spec.kind === 'string' ? 'string' : 'boolean', multiple: true, ...(short ? { short } : {}) };
+  };
+  for (const o of OPTIONS) {
+    const spec: OptionSpec = { key: o.short ?? o.name, kind: o.type };
+    add(o.name, o.short, spec);
+    for (const alias of o.aliases ?? []) add(alias, undefined, spec);
+  }
+  for (const u of UNSUPPORTED_NBDKIT_OPTIONS) add(u.name, u.short, { key: u.short ?? u.name, kind: u.takesValue ? 'string' : 'flag' });
+  const shorts = new Set(Object.values(options).flatMap((o) => (o.short ? [o.short] : [])));
+  return (optionTable = { specs, options, shorts });
+}
+
 /**
  * Parses argv with the option table, in the shape the rest of this file reads: each option
  * under its short letter, else its name (aliases folded in); strings as typed (an array when
  * repeated), flags true, counts a number; positionals in `_`. node:util's parser rather than
  * yargs: it is built in, and loading yargs cost about 30 ms of every start.
  */
-function parseTable(argv: string[]): Record<string, unknown> {
-  type Spec = { key: string; kind: 'string' | 'flag' | 'count' };
-  const specs = new Map<string, Spec>();
-  const options: Record<string, { type: 'string' | 'boolean'; short?: string; multiple: true }> = {};
-  const add = (name: string, short: string | undefined, spec: Spec) => {
-    specs.set(name, spec);
-    options[name] = { type: spec.kind === 'string' ? 'string' : 'boolean', multiple: true, ...(short ? { short } : {}) };
-  };
-  for (const o of OPTIONS) {
-    const spec: Spec = { key: o.short ?? o.name, kind: o.type };
-    add(o.name, o.short, spec);
-    for (const alias of o.aliases ?? []) add(alias, undefined, spec);
-  }
-  for (const u of UNSUPPORTED_NBDKIT_OPTIONS) add(u.name, u.short, { key: u.short ?? u.name, kind: u.takesValue ? 'string' : 'flag' });
-  // A value that starts with a dash (--size -5) is the value, as long as it is not an option:
-  // node:util would refuse it as ambiguous, and the value's own check says what is wrong.
-  const shorts = new Set(Object.values(options).flatMap((o) => (o.short ? [o.short] : [])));
-  const known = (x: string) => (x.startsWith('--') ? specs.has(x.slice(2).split('=')[0]) : shorts.has(x.charAt(1)));
-  const args: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const x = argv[i];
-    const next = argv[i + 1];
-    if (x === '--') {
-      args.push(...argv.slice(i));
-      break;
-    }
-    const name = x.startsWith('--') ? x.slice(2) : undefined;
-    if (name !== undefined && specs.get(name)?.kind === 'string' && next !== undefined && next.startsWith('-') && next !== '-' && !known(next)) {
-      args.push(`${x}=${next}`);
-      i++;
-    } else args.push(x);
-  }
+function parseTable(args: string[]): Record<string, unknown> {
+  const { specs, options } = table();
   let parsed: { values: Record<string, unknown>; positionals: string[] };
   try {
     parsed = nodeParseArgs({ args, options, allowPositionals: true, strict: true });
@@ -210,8 +211,13 @@ function seconds(v: unknown, opt: string, min: number, max: number): number | un
   return n;
 }
 
-/** Rewrites argv so that yargs sees what nbdkit users type. Returns the new argv and --stats' candidate file. */
+/**
+ * Rewrites argv into what node:util's parser takes for what nbdkit users type. Returns the new
+ * argv and --stats' candidate file.
+ */
 function normalizeArgv(argv: string[]): { args: string[]; statsCandidate?: string } {
+  const { specs, shorts } = table();
+  const known = (x: string) => (x.startsWith('--') ? specs.has(x.slice(2).split('=')[0]) : shorts.has(x.charAt(1)));
   const args: string[] = [];
   let statsCandidate: string | undefined;
   for (let i = 0; i < argv.length; i++) {
@@ -234,6 +240,18 @@ function normalizeArgv(argv: string[]): { args: string[]; statsCandidate?: strin
       // positional arguments are known (see parseArgs).
       args.push('--stats=');
       if (next !== undefined && !next.startsWith('-') && !next.includes('=')) statsCandidate = next;
+    } else if (
+      // A value that starts with a dash (--size -5) is the value, as long as it is not an option:
+      // node:util would refuse it as ambiguous, and the value's own check says what is wrong.
+      x.startsWith('--') &&
+      specs.get(x.slice(2))?.kind === 'string' &&
+      next !== undefined &&
+      next.startsWith('-') &&
+      next !== '-' &&
+      !known(next)
+    ) {
+      args.push(`${x}=${next}`);
+      i++;
     } else args.push(x);
   }
   return { args, statsCandidate };
