@@ -7,6 +7,7 @@ import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:chi
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
+import type { ImageioServerStats } from '../src/imageio-server/stats';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const CLI = path.join(ROOT, 'bin', 'imageio-nbd.js');
@@ -195,14 +196,8 @@ export interface ImageioServerProcess {
   stop(): Promise<void>;
 }
 
-export interface ImageioServerCounters {
-  ops: Record<string, number>;
-  methods: Record<string, number>;
-  bytesRead: number;
-  bytesWritten: number;
-  bytesZeroed: number;
-  flushes: number;
-}
+/** The counters of the server's GET /stats that the benchmarks read. */
+export type ImageioServerCounters = Pick<ImageioServerStats, 'ops' | 'methods' | 'bytesRead' | 'bytesWritten' | 'bytesZeroed' | 'flushes'>;
 
 export class ServerStartError extends Error {
   constructor(
