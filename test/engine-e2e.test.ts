@@ -7,28 +7,14 @@
  * least busy one; the transfer_url -> proxy_url fallback.
  */
 import { writeFileSync } from 'node:fs';
-import { compareFiles, e2eSuite, makePki, MiB, runCli, type TestPki } from './helpers/cli';
-import { engineEnv, expectNothingLeft, startTestEngine, type TestEngine } from './helpers/engine';
+import { compareFiles, e2eSuite, MiB, runCli } from './helpers/cli';
+import { engineEnv, expectNothingLeft, useTestEngine, type TestEngine } from './helpers/engine';
 import { EngineClient } from '../src/engine/engine-client';
 
 const SIZE = 32 * MiB;
 const suite = e2eSuite({ name: 'engine-e2e', size: SIZE, seed: 21 });
 
-let pki: TestPki;
-beforeAll(() => {
-  pki = makePki(suite.shared.path);
-});
-
-let te: TestEngine | undefined;
-afterEach(async () => {
-  await te?.stop();
-  te = undefined;
-});
-
-async function engine(opts = {}) {
-  te = await startTestEngine(suite.dir, pki, opts);
-  return te;
-}
+const engine = useTestEngine(suite);
 
 /** Run imageio-nbd in engine mode; expects exit 0 unless `expectFail`. */
 async function run(t: TestEngine, args: string[], cmd: string, env: NodeJS.ProcessEnv = {}) {
@@ -110,7 +96,7 @@ test('placement: transfers running on host1 and host2 -> the least busy host3', 
   const t = await engine();
   const hosts = t.engine.state().hosts;
   // Occupy host1 and host2 through the API, as other clients would.
-  const other = new EngineClient({ apiUrl: t.engine.apiUrl, username: t.engine.username, password: t.engine.password, cafile: pki.ca });
+  const other = new EngineClient({ apiUrl: t.engine.apiUrl, username: t.engine.username, password: t.engine.password, cafile: t.ca });
   try {
     for (const h of hosts.slice(0, 2)) {
       const d = t.engine.addDisk({ size: MiB });

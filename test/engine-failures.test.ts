@@ -5,27 +5,13 @@
  * SIGTERM, a transfer stuck in initializing, finalize failing, a host going down, a transfer
  * paused by the engine, a wrong password, and --host naming a host that is down.
  */
-import { compareFiles, e2eSuite, makePki, MiB, runCli, spawnCli, waitFor, type TestPki } from './helpers/cli';
-import { engineEnv, expectNothingLeft, startTestEngine, type TestEngine } from './helpers/engine';
+import { compareFiles, e2eSuite, MiB, runCli, spawnCli, waitFor } from './helpers/cli';
+import { engineEnv, expectNothingLeft, useTestEngine, type TestEngine } from './helpers/engine';
 
 const SIZE = 16 * MiB;
 const suite = e2eSuite({ name: 'engine-fail', size: SIZE, seed: 22 });
 
-let pki: TestPki;
-beforeAll(() => {
-  pki = makePki(suite.shared.path);
-});
-
-let te: TestEngine | undefined;
-afterEach(async () => {
-  await te?.stop();
-  te = undefined;
-});
-
-async function engine() {
-  te = await startTestEngine(suite.dir, pki);
-  return te;
-}
+const engine = useTestEngine(suite);
 
 const NEW_DISK = ['--create-disk', '--storage-domain', 'data', '--size', '16M', '--disk-name', 'doomed'];
 const UPLOAD = 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"';

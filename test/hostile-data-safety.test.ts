@@ -9,7 +9,7 @@
  * - a server closing a connection right after a successful flush is not data loss either.
  */
 import { HostileServer, type HostileRule } from './helpers/hostile-server';
-import { logLines, runAgainst, type HostileRunResult } from './helpers/hostile-run';
+import { logLines, runAgainst, withObserved, type HostileRunResult } from './helpers/hostile-run';
 import { killAll } from './helpers/cli';
 
 const MiB = 2 ** 20;
@@ -38,15 +38,6 @@ function blocksOf(h: HostileServer, byte: number, start: number, length: number)
     if (h.image.subarray(off, off + 4096).every((b) => b === byte)) n++;
   }
   return n;
-}
-
-function withObserved(observed: unknown, fn: () => void): void {
-  try {
-    fn();
-  } catch (err) {
-    (err as Error).message += `\n\nObserved: ${JSON.stringify(observed, null, 2)}`;
-    throw err;
-  }
 }
 
 function observed(r: HostileRunResult, h: HostileServer, extra: Record<string, unknown> = {}) {

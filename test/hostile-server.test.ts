@@ -15,7 +15,7 @@
  */
 import { createHash } from 'node:crypto';
 import { HostileServer, type Behaviour, type HostileRule, type HostileServerOptions, type RequestKind } from './helpers/hostile-server';
-import { hasLine, logLines, runAgainst, type HostileRunResult } from './helpers/hostile-run';
+import { hasLine, logLines, runAgainst, withObserved, type HostileRunResult } from './helpers/hostile-run';
 import { killAll } from './helpers/cli';
 
 const MiB = 2 ** 20;
@@ -140,16 +140,6 @@ afterEach(async () => {
   await hostile?.stop();
   hostile = undefined;
 });
-
-/** Run assertions; on failure, add what was observed to the message. */
-function withObserved(observed: unknown, fn: () => void): void {
-  try {
-    fn();
-  } catch (err) {
-    (err as Error).message += `\n\nObserved: ${JSON.stringify(observed, null, 2)}`;
-    throw err;
-  }
-}
 
 function summary(r: HostileRunResult, h: HostileServer) {
   return {

@@ -32,7 +32,8 @@ afterEach(async () => {
   dir.cleanup();
 });
 
-test('30 stalled 32 MiB WRITEs: RSS stays below 400 MiB and another client still reads', async () => {
+/** imageio-nbd serving a fresh 4 GiB sparse file on a unix socket. */
+async function startServer() {
   const target = dir.file('disk.raw');
   const fd = openSync(target, 'w');
   ftruncateSync(fd, 4 * 1024 * MiB);
@@ -41,16 +42,36 @@ test('30 stalled 32 MiB WRITEs: RSS stays below 400 MiB and another client still
   const pidfile = dir.file('nbd.pid');
   const proc = spawnCli(['-f', '-P', pidfile, '-U', sock, `file://${target}`], { timeoutMs: 120000 });
   const pid = Number(await waitForFile(pidfile));
-  const before = memoryOf(pid);
+  return { proc, pid, sock };
+}
 
+/** 30 connections, each announcing a WRITE of `length` and sending `sentMiB` MiB of it. */
+async function stalledWrites(sock: string, length: number, sentMiB: number): Promise<void> {
   const piece = Buffer.alloc(MiB, 0x5a); // every write refers to this one buffer: no memory here
   for (let i = 0; i < 30; i++) {
     const c = await RawNbdClient.connect(sock);
     clients.push(c);
     await c.negotiate();
-    c.request({ type: Command.WRITE, cookie: BigInt(i), offset: i * 64 * MiB, length: 32 * MiB });
-    for (let k = 0; k < 30; k++) c.write(piece);
+    c.request({ type: Command.WRITE, cookie: BigInt(i), offset: i * 64 * MiB, length });
+    for (let k = 0; k < sentMiB; k++) c.write(piece);
   }
+}
+
+/** A new client negotiates and reads 512 bytes: its reply. */
+async function newClientReads(sock: string) {
+  const r = await RawNbdClient.connect(sock);
+  clients.push(r);
+  await r.negotiate();
+  r.request({ type: Command.READ, cookie: 1000n, offset: 0, length: 512 });
+  const reply = await r.reply(10000);
+  expect(reply).toMatchObject({ kind: 'chunk', type: ReplyType.OFFSET_DATA, cookie: 1000n });
+  return reply;
+}
+
+test('30 stalled 32 MiB WRITEs: RSS stays below 400 MiB and another client still reads', async () => {
+  const { proc, pid, sock } = await startServer();
+  const before = memoryOf(pid);
+  await stalledWrites(sock, 32 * MiB, 30);
   // Wait until the server takes no more: what the clients still hold stops shrinking.
   const pending = () => clients.reduce((n, c) => n + c.socket.writableLength, 0);
   let last = pending();
@@ -66,12 +87,7 @@ test('30 stalled 32 MiB WRITEs: RSS stays below 400 MiB and another client still
   expect(during.peak).toBeLessThan(400);
 
   // A new client negotiates and reads while all of that is held.
-  const r = await RawNbdClient.connect(sock);
-  clients.push(r);
-  await r.negotiate();
-  r.request({ type: Command.READ, cookie: 1000n, offset: 0, length: 512 });
-  const reply = await r.reply(10000);
-  expect(reply).toMatchObject({ kind: 'chunk', type: ReplyType.OFFSET_DATA, cookie: 1000n });
+  const reply = await newClientReads(sock);
   if (reply.kind === 'chunk') expect(reply.payload.length).toBe(8 + 512);
 
   const after = memoryOf(pid);
@@ -88,34 +104,15 @@ test('30 stalled 32 MiB WRITEs: RSS stays below 400 MiB and another client still
 }, 120000);
 
 test('30 stalled 64 MiB WRITEs (above the limit): drained and refused, RSS stays low, others are served', async () => {
-  const target = dir.file('disk.raw');
-  const fd = openSync(target, 'w');
-  ftruncateSync(fd, 4 * 1024 * MiB);
-  closeSync(fd);
-  const sock = dir.file('nbd.sock');
-  const pidfile = dir.file('nbd.pid');
-  const proc = spawnCli(['-f', '-P', pidfile, '-U', sock, `file://${target}`], { timeoutMs: 120000 });
-  const pid = Number(await waitForFile(pidfile));
-  const piece = Buffer.alloc(MiB, 0x5a);
-  for (let i = 0; i < 30; i++) {
-    const c = await RawNbdClient.connect(sock);
-    clients.push(c);
-    await c.negotiate();
-    c.request({ type: Command.WRITE, cookie: BigInt(i), offset: i * 64 * MiB, length: 64 * MiB });
-    for (let k = 0; k < 60; k++) c.write(piece);
-  }
+  const { proc, pid, sock } = await startServer();
+  await stalledWrites(sock, 64 * MiB, 60);
   // One of them sends the rest: it is refused with EINVAL, and its connection still works.
   const whole = clients[0];
-  for (let k = 0; k < 4; k++) whole.write(piece);
+  for (let k = 0; k < 4; k++) whole.write(Buffer.alloc(MiB, 0x5a));
   const refused = await whole.reply(30000);
   expect(refused).toMatchObject({ cookie: 0n });
   expect(replyErrno(refused)).toBe(22); // EINVAL
-  const r = await RawNbdClient.connect(sock);
-  clients.push(r);
-  await r.negotiate();
-  r.request({ type: Command.READ, cookie: 1000n, offset: 0, length: 512 });
-  const reply = await r.reply(10000);
-  expect(reply).toMatchObject({ kind: 'chunk', type: ReplyType.OFFSET_DATA, cookie: 1000n });
+  await newClientReads(sock);
   expect(memoryOf(pid).peak).toBeLessThan(200);
   for (const c of clients.splice(0)) c.destroy();
   proc.signal('SIGTERM');

@@ -7,8 +7,8 @@ import { writeFileSync } from 'node:fs';
 import { FakeEngine, type FakeEngineOptions } from '../../src/engine-server/fake-engine';
 import { EngineControlServer } from '../../src/engine-server/control';
 import type { TransferState } from '../../src/engine-server/entities';
-import type { TestPki, TmpDir } from './cli';
-import { waitFor } from './cli';
+import type { E2eSuite, TestPki, TmpDir } from './cli';
+import { makePki, waitFor } from './cli';
 
 export interface TestEngine {
   engine: FakeEngine;
@@ -16,6 +16,8 @@ export interface TestEngine {
   control: string;
   /** imageio-nbd arguments that log in to this engine (HTTPS verified with the test CA); add --engine-timeout. */
   args: string[];
+  /** The CA file that verifies the engine. */
+  ca: string;
   stop(): Promise<void>;
 }
 
@@ -30,10 +32,31 @@ export async function startTestEngine(dir: TmpDir, pki: TestPki, opts: Partial<F
     engine,
     control: control.path,
     args: ['--engine', engine.apiUrl, '--username', engine.username, '--password-file', pw, '--cafile', pki.ca],
+    ca: pki.ca,
     stop: async () => {
       await control.close().catch(() => undefined);
       await engine.close();
     },
+  };
+}
+
+/**
+ * For a test file: the suite's test CA (made once), and `engine()`, which starts a fake engine
+ * for the current test and stops it after the test.
+ */
+export function useTestEngine(suite: E2eSuite): (opts?: Partial<FakeEngineOptions>) => Promise<TestEngine> {
+  let pki: TestPki | undefined;
+  let current: TestEngine | undefined;
+  beforeAll(() => {
+    pki = makePki(suite.shared.path);
+  });
+  afterEach(async () => {
+    await current?.stop();
+    current = undefined;
+  });
+  return async (opts = {}) => {
+    current = await startTestEngine(suite.dir, pki!, opts);
+    return current;
   };
 }
 

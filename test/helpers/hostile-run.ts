@@ -117,3 +117,13 @@ export function logLines(stderr: string): string[] {
 export function hasLine(stderr: string, ...patterns: RegExp[]): boolean {
   return logLines(stderr).some((l) => patterns.every((p) => p.test(l)));
 }
+
+/** Run assertions; on failure, add what was observed to the message. */
+export function withObserved(observed: unknown, fn: () => void): void {
+  try {
+    fn();
+  } catch (err) {
+    (err as Error).message += `\n\nObserved: ${JSON.stringify(observed, null, 2)}`;
+    throw err;
+  }
+}
