@@ -19,8 +19,8 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { writeSparseImage, type SparseImageSummary } from '../src/tools/sparse-image';
-import { parseSize } from '../src/size';
+import { writeSparseImage, type SparseImageSummary } from '../sim/sparse-image';
+import { parseSize } from '../src/core/size';
 import {
   CLI, GNU_TIME, ROOT, ServerStartError, emptyTarget, formatMiB, makeTempDir, median, removeTempDir, runBench,
   sameBytes, startImageioServer, table, timed, type ImageioServerCounters, type ImageioServerProcess,

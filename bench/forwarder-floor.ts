@@ -16,7 +16,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { parseSize } from '../src/size';
+import { parseSize } from '../src/core/size';
 import { arg } from './lib';
 
 interface Usage {

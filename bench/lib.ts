@@ -7,7 +7,7 @@ import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:chi
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
-import type { ImageioServerStats } from '../src/imageio-server/stats';
+import type { ImageioServerStats } from '../sim/imageio-server/stats';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const CLI = path.join(ROOT, 'bin', 'imageio-nbd.js');

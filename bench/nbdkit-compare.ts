@@ -15,8 +15,8 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { writeSparseImage } from '../src/tools/sparse-image';
-import { parseSize } from '../src/size';
+import { writeSparseImage } from '../sim/sparse-image';
+import { parseSize } from '../src/core/size';
 import { arg, CLI, emptyTarget, parseStats, sameBytes, table, timed, runBench } from './lib';
 
 const TIME = '/usr/bin/time';

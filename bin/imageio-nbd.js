@@ -15,7 +15,7 @@ try {
 }
 // The CLI is compiled TypeScript: `npm run build` (or `npm ci`, which runs `prepare`) writes dist/.
 const path = require('node:path');
-const compiled = path.join(__dirname, '..', 'dist', 'src', 'cli.js');
+const compiled = path.join(__dirname, '..', 'dist', 'src', 'cli', 'main.js');
 let cli;
 try {
   cli = require(compiled);

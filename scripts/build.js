@@ -14,7 +14,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 
 const root = path.join(__dirname, '..');
-const sentinel = path.join(root, 'dist', 'src', 'cli.js');
+const sentinel = path.join(root, 'dist', 'src', 'cli', 'main.js');
 
 function newestSource() {
   let newest = 0;
@@ -23,7 +23,7 @@ function newestSource() {
     if (st.isDirectory()) for (const e of fs.readdirSync(p)) visit(path.join(p, e));
     else if (p.endsWith('.ts') || p.endsWith('.json')) newest = Math.max(newest, st.mtimeMs);
   };
-  for (const p of ['protocol', 'src', 'tsconfig.json', 'tsconfig.build.json', 'package.json']) visit(path.join(root, p));
+  for (const p of ['src', 'sim', 'tsconfig.json', 'tsconfig.build.json', 'package.json']) visit(path.join(root, p));
   return newest;
 }
 

@@ -17,7 +17,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "demo: generating a $size sparse disk" >&2
-node dist/src/tools/sparse-image.js "$work/disk.raw" "$size" > "$work/layout.json"
+node dist/sim/sparse-image.js "$work/disk.raw" "$size" > "$work/layout.json"
 truncate -s "$(stat -c %s "$work/disk.raw")" "$work/target.raw"
 
 # The built-in imageio server on TCP and on its local unix socket; its first line is the URL.

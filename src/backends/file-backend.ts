@@ -12,7 +12,7 @@
  * The size is fixed at open; reads past the current end of the file (only possible while a
  * truncating zero runs) return zeroes.
  *
- * Payload memory (src/backend.ts): pread reads into a buffer from the payload pool, which the
+ * Payload memory (src/core/backend.ts): pread reads into a buffer from the payload pool, which the
  * caller releases; pwrite/pwritev release what they are given once the kernel has the bytes
  * (before a FUA sync), whether the write succeeded or not.
  */
@@ -20,10 +20,10 @@ import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import type { Backend, Capabilities, WriteFlags, ZeroFlags } from '../backend';
-import { payloadPool, releaseBuffer, releaseBuffers, type PayloadPool } from '../buffers';
-import { BackendError } from '../errors';
-import { NbdError } from '../../protocol/constants';
+import type { Backend, Capabilities, WriteFlags, ZeroFlags } from '../core/backend';
+import { payloadPool, releaseBuffer, releaseBuffers, type PayloadPool } from '../core/payload-pool';
+import { BackendError } from '../core/errors';
+import { NbdError } from '../nbd/codec/constants';
 
 const ZERO_CHUNK = 4 * 1024 * 1024;
 /** Zeroes at least this large go to fallocate(1); smaller ones cost less than its start-up. */

@@ -3,13 +3,13 @@
  * pages frees them, so extents report holes. Every operation is immediately "durable", so
  * flush is a no-op and multi-conn is safe.
  *
- * Payload memory (src/backend.ts): pwrite/pwritev copy into the pages and release what they were
+ * Payload memory (src/core/backend.ts): pwrite/pwritev copy into the pages and release what they were
  * given; pread returns a buffer from the payload pool, which the caller releases. The pages are
  * the disk itself, not payload memory, and are not counted in the pool.
  */
-import type { Backend, Capabilities, Extent, WriteFlags, ZeroFlags } from '../backend';
-import { EXTENT_HOLE, EXTENT_ZERO } from '../backend';
-import { payloadPool, releaseBuffer, type PayloadPool } from '../buffers';
+import type { Backend, Capabilities, Extent, WriteFlags, ZeroFlags } from '../core/backend';
+import { EXTENT_HOLE, EXTENT_ZERO } from '../core/backend';
+import { payloadPool, releaseBuffer, type PayloadPool } from '../core/payload-pool';
 
 const PAGE = 64 * 1024;
 

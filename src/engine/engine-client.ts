@@ -28,9 +28,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { Client } from 'undici';
-import { CERTIFICATE_ERROR_CODES, ConfigError, EngineError, describeError } from '../errors';
-import type { Logger } from '../log';
-import { silentLogger } from '../log';
+import { CERTIFICATE_ERROR_CODES, ConfigError, EngineError, describeError } from '../core/errors';
+import type { Logger } from '../core/log';
+import { silentLogger } from '../core/log';
 import {
   members,
   toDataCenter,

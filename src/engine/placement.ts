@@ -15,7 +15,7 @@
  * e.g. "host2: 1 active transfer, chosen over host1: 3, host3: 2".
  */
 import { readFileSync } from 'node:fs';
-import { EngineError } from '../errors';
+import { EngineError } from '../core/errors';
 import { FINAL_PHASES, type Host, type ImageTransfer } from './api-types';
 
 /** Overrides where this machine's hardware id is read (tests point it at a file of their own). */

@@ -23,7 +23,7 @@
  *   for `staleMs` is dropped to make room, or the read goes straight through. A prefetch (the
  *   next window of a stream, started when a read passes the middle of the current one) is
  *   made only with a window's worth of room to spare, so a new stream always finds some.
- * - Payload ownership (src/backend.ts): a read's result is a subarray of a window with a
+ * - Payload ownership (src/core/backend.ts): a read's result is a subarray of a window with a
  *   reference of its own (retainBuffer), which the caller releases; the window's memory is
  *   reused once the last slice and the window are released. A read spanning two windows gets
  *   a fresh pooled buffer. Several callers may hold slices of one window: they must not
@@ -36,8 +36,8 @@
  * - A window that fails to load fails nobody by itself: its readers retry their own ranges
  *   straight through, so an error is reported for the read that really fails.
  */
-import { PassthroughLayer, EXTENT_HOLE, EXTENT_ZERO, type Backend, type Extent, type WriteFlags, type ZeroFlags } from '../backend';
-import { payloadPool, releaseBuffer, retainBuffer, type PayloadPool } from '../buffers';
+import { PassthroughLayer, EXTENT_HOLE, EXTENT_ZERO, type Backend, type Extent, type WriteFlags, type ZeroFlags } from '../core/backend';
+import { payloadPool, releaseBuffer, retainBuffer, type PayloadPool } from '../core/payload-pool';
 
 const MiB = 1024 * 1024;
 

@@ -14,7 +14,7 @@
  * counts as one write of their total length. nbdkit's optional block-size histogram is not
  * produced.
  */
-import { PassthroughLayer, type Backend, type Extent, type WriteFlags, type ZeroFlags } from '../backend';
+import { PassthroughLayer, type Backend, type Extent, type WriteFlags, type ZeroFlags } from '../core/backend';
 
 /** Operation names as nbdkit prints them, in its order. */
 export const STATS_OPS = ['read', 'write', 'trim', 'zero', 'extents', 'cache', 'flush'] as const;

@@ -11,9 +11,9 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync, promises as fsp } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { ImageioServer, type ImageioServerOptions } from '../../src/imageio-server/imageio-server';
-import { ControlServer } from '../../src/imageio-server/control';
-import { writeSparseImage, type SparseImageSummary } from '../../src/tools/sparse-image';
+import { ImageioServer, type ImageioServerOptions } from '../../sim/imageio-server/imageio-server';
+import { ControlServer } from '../../sim/imageio-server/control';
+import { writeSparseImage, type SparseImageSummary } from '../../sim/sparse-image';
 import { tmpDir, type TmpDir } from './tmp-dir';
 import type { RunResult } from './run';
 
@@ -204,7 +204,7 @@ export function socketAccepts(p: string): Promise<boolean> {
 
 // ---- Images --------------------------------------------------------------------------------
 
-/** A deterministic sparse source image (see src/tools/sparse-image.ts). */
+/** A deterministic sparse source image (see sim/sparse-image.ts). */
 export function makeSource(file: string, size: number, seed = 1, dataFraction = 1 / 3): SparseImageSummary {
   return writeSparseImage(file, { size, seed, dataFraction, maxExtent: Math.min(16 * MiB, size / 4) });
 }

@@ -1,9 +1,9 @@
 /**
  * A layer that delays chosen operations, to hold requests in flight in tests. It owns the
- * payloads handed to pwrite/pwritev (src/backend.ts): the layer below gets a copy and the originals are released once the call settles.
+ * payloads handed to pwrite/pwritev (src/core/backend.ts): the layer below gets a copy and the originals are released once the call settles.
  */
-import { PassthroughLayer, type Backend, type WriteFlags } from '../../src/backend';
-import { releaseBuffers } from '../../src/buffers';
+import { PassthroughLayer, type Backend, type WriteFlags } from '../../src/core/backend';
+import { releaseBuffers } from '../../src/core/payload-pool';
 
 export class DelayedBackend extends PassthroughLayer {
   /** Calls started and not yet finished. */

@@ -4,9 +4,9 @@
  * imageio-nbd at it, and the check every test ends with: no transfer left open, no disk locked.
  */
 import { writeFileSync } from 'node:fs';
-import { FakeEngine, type FakeEngineOptions } from '../../src/engine-server/fake-engine';
-import { EngineControlServer } from '../../src/engine-server/control';
-import type { TransferState } from '../../src/engine-server/entities';
+import { FakeEngine, type FakeEngineOptions } from '../../sim/engine-server/fake-engine';
+import { EngineControlServer } from '../../sim/engine-server/control';
+import type { TransferState } from '../../sim/engine-server/entities';
 import type { E2eSuite, TestPki, TmpDir } from './cli';
 import { makePki, waitFor } from './cli';
 

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { ImageioServer, ImageioServerOptions } from '../../src/imageio-server';
+import { ImageioServer, ImageioServerOptions } from '../../sim/imageio-server';
 
 export interface TempDir {
   dir: string;

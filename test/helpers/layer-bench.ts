@@ -20,10 +20,10 @@
  *     the same streams against a server model: 4 requests at a time (imageio's pool), each
  *     taking 2 ms plus 1 ms per MiB: throughput with and without ReadaheadLayer.
  */
-import { CoalesceLayer } from '../../src/layers/coalesce-layer';
+import { CoalesceLayer } from '../../src/layers/coalesce/coalesce-layer';
 import { ReadaheadLayer } from '../../src/layers/readahead-layer';
-import { PayloadPool, releaseBuffer } from '../../src/buffers';
-import type { Backend } from '../../src/backend';
+import { PayloadPool, releaseBuffer } from '../../src/core/payload-pool';
+import type { Backend } from '../../src/core/backend';
 import { NullBackend } from './null-backend';
 
 const CALLER_RELEASES = process.env.BENCH_CALLER_RELEASES === '1';

@@ -1,7 +1,7 @@
 /** Start an in-process NbdServer on a private unix socket for a test. */
-import type { Backend } from '../../src/backend';
-import { silentLogger } from '../../src/log';
-import { NbdServer, type ExportConfig, type NbdServerOptions } from '../../src/server/nbd-server';
+import type { Backend } from '../../src/core/backend';
+import { silentLogger } from '../../src/core/log';
+import { NbdServer, type ExportConfig, type NbdServerOptions } from '../../src/nbd/nbd-server';
 import { tmpDir, type TmpDir } from './tmp-dir';
 
 export interface TestServer {

@@ -3,8 +3,8 @@
  * at once (or after `delayMs`, like a slow server); reads return buffers from `pool` whose
  * contents are undefined (only their handling is measured).
  */
-import type { Backend, Capabilities, Extent, WriteFlags, ZeroFlags } from '../../src/backend';
-import { releaseBuffer, releaseBuffers, payloadPool, type PayloadPool } from '../../src/buffers';
+import type { Backend, Capabilities, Extent, WriteFlags, ZeroFlags } from '../../src/core/backend';
+import { releaseBuffer, releaseBuffers, payloadPool, type PayloadPool } from '../../src/core/payload-pool';
 
 export class NullBackend implements Backend {
   readonly name = 'null';

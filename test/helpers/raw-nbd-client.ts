@@ -11,14 +11,14 @@ import {
   OptionReply,
   SIMPLE_REPLY_MAGIC,
   STRUCTURED_REPLY_MAGIC,
-} from '../../protocol/constants';
+} from '../../src/nbd/codec/constants';
 import {
   encodeClientFlags,
   encodeInfoRequestData,
   encodeMetaContextRequestData,
   encodeOptionRequest,
-} from '../../protocol/handshake';
-import { encodeRequest, type RequestFields } from '../../protocol/transmission';
+} from '../../src/nbd/codec/handshake';
+import { encodeRequest, type RequestFields } from '../../src/nbd/codec/transmission';
 
 export interface OptionReplyMessage {
   option: number;

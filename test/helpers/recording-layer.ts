@@ -3,16 +3,16 @@
  * released, and fail chosen ones with BackendError EIO. Also checks, as the imageio pool would
  * need, that no two overlapping modifying calls (write, zero, trim) ever run at the same time.
  *
- * Payloads: it owns what pwrite/pwritev hand it (src/backend.ts). The layer below gets a copy
+ * Payloads: it owns what pwrite/pwritev hand it (src/core/backend.ts). The layer below gets a copy
  * made when the call reaches it, and the buffers handed over are released once the call
  * settles (failed calls too), so tests can check that the layer above released everything
  * exactly once whatever the layer below does with buffers. pwritev is recorded as a 'pwrite'
  * with `segments` > 1.
  */
-import { PassthroughLayer, type Backend, type WriteFlags, type ZeroFlags } from '../../src/backend';
-import { releaseBuffer, releaseBuffers, type PayloadPool } from '../../src/buffers';
-import { BackendError } from '../../src/errors';
-import { NbdError } from '../../protocol/constants';
+import { PassthroughLayer, type Backend, type WriteFlags, type ZeroFlags } from '../../src/core/backend';
+import { releaseBuffer, releaseBuffers, type PayloadPool } from '../../src/core/payload-pool';
+import { BackendError } from '../../src/core/errors';
+import { NbdError } from '../../src/nbd/codec/constants';
 
 export type Op = 'pread' | 'pwrite' | 'zero' | 'trim' | 'flush' | 'extents' | 'close';
 

@@ -4,7 +4,7 @@
  * WRITE_ZEROES and hole detection.
  */
 import { open } from 'node:fs/promises';
-import { prng } from '../../src/tools/sparse-image';
+import { prng } from '../../sim/sparse-image';
 
 export interface ImageRegion {
   offset: number;

@@ -3,7 +3,7 @@
  * tells the size) and then kept current by our own writes and zeroes, so BLOCK_STATUS never
  * costs a second HTTP request.
  */
-import type { Extent } from '../../backend';
+import type { Extent } from '../../core/backend';
 import { ExtentMap, type ImageioExtent } from './extent-map';
 
 export class ExtentCache {

@@ -5,8 +5,8 @@
  * HTTP request. Adjacent runs with equal flags are always merged, so sequential uploads keep
  * the list short.
  */
-import type { Extent } from '../../backend';
-import { EXTENT_HOLE, EXTENT_ZERO } from '../../backend';
+import type { Extent } from '../../core/backend';
+import { EXTENT_HOLE, EXTENT_ZERO } from '../../core/backend';
 
 /** One extent as imageio sends it. */
 export interface ImageioExtent {

@@ -5,7 +5,7 @@
  * retry policy (requests.ts, retry-policy.ts), opening (negotiate.ts), extents
  * (extent-cache.ts) and keep-alive (keep-alive.ts) live beside it.
  *
- * What it promises, beyond the Backend interface (src/backend.ts):
+ * What it promises, beyond the Backend interface (src/core/backend.ts):
  * - Negotiation: OPTIONS tells the features (zero, flush, extents), max_readers/max_writers,
  *   the Allow header (no PUT: read-only) and the daemon's local unix socket, used when it is
  *   reachable from here (unixSocket 'auto'; abstract sockets too). Old servers (OPTIONS 405,
@@ -21,16 +21,16 @@
  * - close() flushes connections with unflushed writes once, closes every HTTP connection
  *   (lingering ones delay oVirt's finalization) and rejects if data may have been lost.
  */
-import type { Backend, BlockSize, Capabilities, Extent, WriteFlags, ZeroFlags } from '../../backend';
-import { EXTENT_ZERO } from '../../backend';
-import { releaseBuffer, releaseBuffers } from '../../buffers';
-import { NbdError } from '../../../protocol/constants';
-import { BackendError, ConfigError, TicketError, describeError } from '../../errors';
-import type { Logger } from '../../log';
-import { formatBytes } from '../../size';
+import type { Backend, BlockSize, Capabilities, Extent, WriteFlags, ZeroFlags } from '../../core/backend';
+import { EXTENT_ZERO } from '../../core/backend';
+import { releaseBuffer, releaseBuffers } from '../../core/payload-pool';
+import { NbdError } from '../../nbd/codec/constants';
+import { BackendError, ConfigError, TicketError, describeError } from '../../core/errors';
+import type { Logger } from '../../core/log';
+import { formatBytes } from '../../core/size';
 import { ExtentCache } from './extent-cache';
 import { ExtentMap } from './extent-map';
-import type { HttpConnection } from './http-connection';
+import type { HttpConnection } from './http/connection';
 import { KeepAlive } from './keep-alive';
 import {
   fetchExtents,
@@ -43,11 +43,11 @@ import {
   type ImageioServerInfo,
 } from './negotiate';
 import { resolveOptions, type ImageioBackendOptions, type ResolvedOptions } from './options';
-import { RequestRunner, type ImageioHttpStats } from './requests';
+import { RequestRunner, type ImageioHttpStats } from './request-runner';
 
 export type { ImageioBackendOptions } from './options';
 export type { ImageioServerInfo } from './negotiate';
-export type { ImageioHttpStats } from './requests';
+export type { ImageioHttpStats } from './request-runner';
 
 /** Zero emulation writes from one shared buffer of this size: bounded memory. */
 const ZERO_CHUNK = 8 << 20;

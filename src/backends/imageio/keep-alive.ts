@@ -9,10 +9,10 @@
  * the failure is logged at debug level only (a broken socket is replaced on next use). A
  * keep-alive failure is never reported to an unrelated request.
  */
-import type { Logger } from '../../log';
-import { describeError } from '../../errors';
-import type { HttpConnection } from './http-connection';
-import type { RequestRunner } from './requests';
+import type { Logger } from '../../core/log';
+import { describeError } from '../../core/errors';
+import type { HttpConnection } from './http/connection';
+import type { RequestRunner } from './request-runner';
 
 export interface KeepAliveOptions {
   idleMs: number;

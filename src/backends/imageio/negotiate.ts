@@ -3,13 +3,13 @@
  * transport, and the image size, each checked so that a bad answer fails the start with one
  * clear line instead of a crash later.
  */
-import { ConfigError, HttpError, describeError } from '../../errors';
-import type { Logger } from '../../log';
-import { formatBytes } from '../../size';
+import { ConfigError, HttpError, describeError } from '../../core/errors';
+import type { Logger } from '../../core/log';
+import { formatBytes } from '../../core/size';
 import { ExtentMap, type ImageioExtent } from './extent-map';
-import { HttpConnection, type Endpoint, type ExchangeResult } from './http-connection';
+import { HttpConnection, type Endpoint, type ExchangeResult } from './http/connection';
 import type { ResolvedOptions } from './options';
-import { TLS_VERIFY_CODES, type RequestRunner } from './requests';
+import { TLS_VERIFY_CODES, type RequestRunner } from './request-runner';
 
 /** What OPTIONS told us, after fallbacks. */
 export interface ImageioServerInfo {

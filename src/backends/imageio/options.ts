@@ -1,9 +1,9 @@
 /** Options of the imageio backend, their defaults, and their checks (one ConfigError line each). */
 import { readFileSync } from 'node:fs';
-import { ConfigError, describeError } from '../../errors';
-import type { Logger } from '../../log';
-import { silentLogger } from '../../log';
-import { payloadPool, type PayloadPool } from '../../buffers';
+import { ConfigError, describeError } from '../../core/errors';
+import type { Logger } from '../../core/log';
+import { silentLogger } from '../../core/log';
+import { payloadPool, type PayloadPool } from '../../core/payload-pool';
 
 export interface ImageioBackendOptions {
   /** Transfer URL: https://HOST:54322/images/TICKET or http://... */

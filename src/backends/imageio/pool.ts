@@ -14,7 +14,7 @@
  * - A connection is used by one request at a time (pipelining 1), so a request that starts on
  *   a connection runs after everything sent on it before.
  */
-import type { HttpConnection } from './http-connection';
+import type { HttpConnection } from './http/connection';
 
 type Waiter = (conn: HttpConnection) => void;
 

@@ -1,0 +1,494 @@
+/**
+ * One keep-alive HTTP/1.1 connection to imageio, carrying one request at a time, written for
+ * the data path.
+ *
+ * Why not undici's request API here: at 8 MiB per request the bytes are the cost. undici
+ * delivers response bodies as freshly allocated socket chunks copied once more into its
+ * parser, and a request body made of several buffers must be a stream. Here a GET body is read
+ * by the kernel straight into the caller's buffer (`net.Socket`'s `onread` with a buffer
+ * function), and a PUT body is a list of the client's own payload buffers, written in one
+ * writev. undici still makes the connections (its connector: TCP, TLS with the CA or without
+ * verification, unix sockets including abstract ones, connect timeout).
+ *
+ * Promises:
+ * - request() resolves with the response when it arrived complete; it rejects with an
+ *   ExchangeError whose `sent` says whether any byte of the request may have reached the
+ *   server (false only when the connection could not be made).
+ * - A request has one deadline (`timeoutMs`) for everything after the connection is made;
+ *   when it passes, the connection is destroyed and the request rejects with ERR_TIMEOUT.
+ * - No response can grow memory without bound: bodies other than `into` are kept up to
+ *   `maxBody` bytes; a longer (or endless) body is cut, the result marked `truncated`, and the
+ *   connection closed. A successful response whose body does not match `into` exactly is a
+ *   bad response (ERR_BAD_RESPONSE), and the connection is closed.
+ * - Unflushed writes are tracked here, per socket: a successful request's `effect` is applied
+ *   before request() resolves and before a close that follows the response can be seen, so a
+ *   server that closes right after a successful flush is never mistaken for data loss. When a
+ *   socket closes with unflushed writes, `onLost` is called and the record starts empty.
+ */
+import type { Socket } from 'node:net';
+import type { buildConnector as BuildConnector } from 'undici';
+import { BadResponseError, ChunkedDecoder, parseResponseHead, type ResponseHead } from './response-head';
+import { UnflushedWrites } from '../unflushed-writes';
+
+/** Where connections go. */
+export interface Endpoint {
+  /** 'url': the transfer URL's host (TCP, TLS for https); 'unix': imageio's local socket (plain HTTP). */
+  kind: 'url' | 'unix';
+  /** For messages: https://host:54322 or unix:"\u0000/org/ovirt/imageio". */
+  display: string;
+  protocol: 'http:' | 'https:';
+  hostname: string;
+  port: string;
+  socketPath?: string;
+  tls?: { ca?: Buffer; rejectUnauthorized?: boolean };
+  connectTimeoutMs: number;
+}
+
+/** What a successful request changes on its connection. */
+export type Effect = { kind: 'unflushed'; offset: number; length: number } | { kind: 'flushed' };
+
+export interface ExchangeSpec {
+  method: string;
+  /** Path and query. */
+  path: string;
+  /** Extra header lines, each ending in "\r\n". */
+  headers?: string;
+  /** Request body: sent in order, in one write when the socket takes it. */
+  body?: readonly Buffer[];
+  /** Statuses that mean success: `into` and `effect` apply only to them. */
+  ok: readonly number[];
+  /** A successful response's body must be exactly into.length bytes and is read straight into it. */
+  into?: Buffer;
+  /** Any other body is kept up to this many bytes. */
+  maxBody: number;
+  /** Deadline for the whole exchange once connected. */
+  timeoutMs: number;
+  effect?: Effect;
+}
+
+export interface ExchangeResult {
+  status: number;
+  headers: Record<string, string>;
+  /** The body (empty for `into` responses): at most maxBody bytes. */
+  body: Buffer;
+  /** The body was longer than maxBody, or never ended: it was cut and the connection closed. */
+  truncated: boolean;
+}
+
+/** A request that got no complete response. */
+export class ExchangeError extends Error {
+  constructor(
+    message: string,
+    /** ERR_TIMEOUT, ERR_CLOSED, ERR_BAD_RESPONSE, or the socket's own (ECONNREFUSED, ECONNRESET, TLS codes). */
+    readonly code: string,
+    /** Some of the request may have reached the server. */
+    readonly sent: boolean,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'ExchangeError';
+  }
+}
+
+export interface ConnectionHooks {
+  /** A socket was opened; `again` after the first. */
+  connected?(conn: HttpConnection, again: boolean): void;
+  /** A socket closed while it held unflushed writes (already cleared here). */
+  lost?(conn: HttpConnection, unflushed: UnflushedWrites, cause: unknown): void;
+  /** A socket closed with nothing at risk. */
+  closed?(conn: HttpConnection, cause: unknown): void;
+}
+
+/** Reads for response heads are this small so that they take little of a body with them. */
+const HEAD_WINDOW = 2048;
+const STAGING_BYTES = 64 * 1024;
+
+/**
+ * undici's connector alone: loading all of undici costs about 100 ms of CPU at start-up, which
+ * counts in every captive copy; its connector module loads in a few.
+ */
+const buildConnector = require('undici/lib/core/connect') as typeof BuildConnector;
+
+type Phase = 'head' | 'dest' | 'chunked' | 'until-close';
+
+interface Exchange {
+  spec: ExchangeSpec;
+  resolve: (r: ExchangeResult) => void;
+  reject: (e: ExchangeError) => void;
+  phase: Phase;
+  head?: ResponseHead;
+  /** Where body bytes go in phase 'dest'. */
+  dest?: Buffer;
+  filled: number;
+  /** The declared body is longer than dest: cut. */
+  cut: boolean;
+  chunked?: ChunkedDecoder;
+  parts?: Buffer[];
+  kept: number;
+  timer?: NodeJS.Timeout;
+  failure?: ExchangeError;
+}
+
+export class HttpConnection {
+  /** Incremented whenever a socket closes. */
+  generation = 0;
+  connected = false;
+  everConnected = false;
+  busy = false;
+  /** Date.now() when the last request on this connection finished. */
+  lastUsed = Date.now();
+  readonly unflushed = new UnflushedWrites();
+  bytesSent = 0;
+  bytesReceived = 0;
+
+  private readonly connector: ReturnType<typeof BuildConnector>;
+  private socket: Socket | undefined;
+  private closedPromise: Promise<void> | undefined;
+  private resolveClosed: (() => void) | undefined;
+  private closeCause: unknown;
+  private cur: Exchange | undefined;
+  private readonly staging = Buffer.allocUnsafeSlow(STAGING_BYTES);
+  private sStart = 0;
+  private sEnd = 0;
+  private readingDest = false;
+  private shut = false;
+  /** A response completed in this turn of the event loop (see request()). */
+  private justCompleted = false;
+
+  constructor(
+    readonly id: number,
+    readonly endpoint: Endpoint,
+    private readonly hooks: ConnectionHooks = {},
+  ) {
+    const e = endpoint;
+    this.connector = buildConnector({
+      socketPath: e.socketPath,
+      timeout: e.connectTimeoutMs,
+      ...(e.tls ?? {}),
+      // Passed through to net.connect / tls.connect: every read lands where readTarget() says.
+      onread: { buffer: () => this.readTarget(), callback: (n: number) => this.onRead(n) },
+    } as BuildConnector.BuildOptions);
+  }
+
+  /** Sends one request and resolves with its complete response (see the header comment). */
+  async request(spec: ExchangeSpec): Promise<ExchangeResult> {
+    if (this.cur) throw new Error(`connection ${this.id} is busy`);
+    if (this.shut) throw new ExchangeError('connection is closed', 'ERR_CLOSED', false);
+    // A server that closes right after a response: its EOF is usually in the socket already,
+    // read later in this same turn of the event loop. Sending before it is seen would put a
+    // write on a dead connection, with an outcome we could not know; one turn lets it show.
+    if (this.justCompleted) await new Promise<void>((r) => setImmediate(r));
+    if (this.socket?.destroyed && this.closedPromise) await this.closedPromise; // a destroyed socket finishing its close
+    const socket = this.socket ?? (await this.connect());
+    return new Promise<ExchangeResult>((resolve, reject) => {
+      const x: Exchange = { spec, resolve, reject, phase: 'head', filled: 0, cut: false, kept: 0 };
+      this.cur = x;
+      x.timer = setTimeout(() => {
+        x.failure = new ExchangeError(`no complete response within ${(spec.timeoutMs / 1000).toFixed(1)} s`, 'ERR_TIMEOUT', true);
+        socket.destroy();
+      }, spec.timeoutMs);
+      let length = 0;
+      for (const b of spec.body ?? []) length += b.length;
+      const head =
+        `${spec.method} ${spec.path} HTTP/1.1\r\nHost: ${this.hostHeader()}\r\n${spec.headers ?? ''}` +
+        (length > 0 || spec.method === 'PUT' || spec.method === 'PATCH' ? `Content-Length: ${length}\r\n` : '') +
+        '\r\n';
+      socket.cork();
+      socket.write(head, 'latin1');
+      for (const b of spec.body ?? []) if (b.length > 0) socket.write(b);
+      socket.uncork();
+      this.bytesSent += length;
+    });
+  }
+
+  /** Closes the socket (after the current request, if any, is answered by the caller's choice). */
+  close(): Promise<void> {
+    this.shut = true;
+    if (!this.socket) return Promise.resolve();
+    const p = this.closedPromise!;
+    this.socket.end();
+    const s = this.socket;
+    setTimeout(() => s.destroy(), 2000).unref();
+    return p;
+  }
+
+  /** Closes at once; a request in progress rejects. */
+  destroy(): Promise<void> {
+    this.shut = true;
+    if (!this.socket) return Promise.resolve();
+    const p = this.closedPromise!;
+    this.socket.destroy();
+    return p;
+  }
+
+  /** Drop the current socket (e.g. after a failed keep-alive); the next request opens a new one. */
+  reset(): Promise<void> {
+    if (!this.socket) return Promise.resolve();
+    const p = this.closedPromise!;
+    this.socket.destroy();
+    return p;
+  }
+
+  private hostHeader(): string {
+    const e = this.endpoint;
+    if (e.kind === 'unix') return 'localhost';
+    return e.port ? `${e.hostname}:${e.port}` : e.hostname;
+  }
+
+  private connect(): Promise<Socket> {
+    const e = this.endpoint;
+    return new Promise((resolve, reject) => {
+      this.connector(
+        {
+          hostname: e.kind === 'unix' ? 'localhost' : e.hostname,
+          host: e.kind === 'unix' ? 'localhost' : e.hostname,
+          protocol: e.kind === 'unix' ? 'http:' : e.protocol,
+          port: e.port,
+          servername: null,
+          localAddress: null,
+          httpSocket: undefined,
+        } as unknown as BuildConnector.Options,
+        (err, socket) => {
+          if (err || !socket) {
+            const code = (err as { code?: string } | null)?.code ?? 'ERR_CONNECT';
+            reject(new ExchangeError(`cannot connect to ${e.display}: ${err?.message ?? 'no socket'}`, code, false, { cause: err }));
+            return;
+          }
+          if (this.shut) {
+            socket.destroy();
+            reject(new ExchangeError('connection is closed', 'ERR_CLOSED', false));
+            return;
+          }
+          this.attach(socket as Socket);
+          resolve(socket as Socket);
+        },
+      );
+    });
+  }
+
+  private attach(socket: Socket): void {
+    this.socket = socket;
+    this.connected = true;
+    this.closeCause = undefined;
+    this.sStart = this.sEnd = 0;
+    this.closedPromise = new Promise((r) => (this.resolveClosed = r));
+    const again = this.everConnected;
+    this.everConnected = true;
+    socket.on('error', (err) => {
+      this.closeCause ??= err;
+    });
+    socket.on('end', () => this.onEnd());
+    socket.on('close', () => this.onClose(socket));
+    this.hooks.connected?.(this, again);
+  }
+
+  // ---- Reading ------------------------------------------------------------------------------
+
+  /** Where the next read lands: the body's destination, or a small window of the staging buffer. */
+  private readTarget(): Buffer {
+    const x = this.cur;
+    if (x && x.phase === 'dest' && x.dest) {
+      this.readingDest = true;
+      return x.dest.subarray(x.filled);
+    }
+    this.readingDest = false;
+    if (this.sStart === this.sEnd) {
+      this.sStart = this.sEnd = 0;
+    } else if (this.sEnd + HEAD_WINDOW > STAGING_BYTES) {
+      this.staging.copy(this.staging, 0, this.sStart, this.sEnd);
+      this.sEnd -= this.sStart;
+      this.sStart = 0;
+    }
+    return this.staging.subarray(this.sEnd, Math.min(this.sEnd + HEAD_WINDOW, STAGING_BYTES));
+  }
+
+  private onRead(n: number): boolean {
+    if (n <= 0) return true;
+    this.bytesReceived += n;
+    const x = this.cur;
+    if (this.readingDest && x && x.dest) {
+      x.filled += n;
+      if (x.filled === x.dest.length) this.finishDest(x);
+      return true;
+    }
+    this.sEnd += n;
+    try {
+      this.process();
+    } catch (err) {
+      this.failCurrent(err instanceof BadResponseError ? err : new BadResponseError(String(err)));
+    }
+    return true;
+  }
+
+  /** Consumes staged bytes for the current exchange. */
+  private process(): void {
+    for (;;) {
+      const x = this.cur;
+      if (!x) {
+        if (this.sEnd > this.sStart) {
+          // Nothing was asked: a server talking out of turn cannot be trusted with the next request.
+          this.closeCause ??= new BadResponseError('the server sent data nobody asked for');
+          this.sStart = this.sEnd;
+          this.socket?.destroy();
+        }
+        return;
+      }
+      if (this.sEnd === this.sStart) return;
+      switch (x.phase) {
+        case 'head': {
+          const head = parseResponseHead(this.staging, this.sStart, this.sEnd);
+          if (!head) return;
+          this.sStart += head.headBytes;
+          x.head = head;
+          this.startBody(x, head);
+          continue;
+        }
+        case 'dest': {
+          const dest = x.dest!;
+          const n = Math.min(this.sEnd - this.sStart, dest.length - x.filled);
+          this.staging.copy(dest, x.filled, this.sStart, this.sStart + n);
+          this.sStart += n;
+          x.filled += n;
+          if (x.filled === dest.length) this.finishDest(x);
+          continue;
+        }
+        case 'chunked': {
+          const dec = x.chunked!;
+          this.sStart += dec.feed(this.staging, this.sStart, this.sEnd);
+          if (dec.done) this.complete(x, dec.body(), false);
+          else if (dec.overflow) this.complete(x, dec.body(), true);
+          continue;
+        }
+        case 'until-close': {
+          const n = this.sEnd - this.sStart;
+          const k = Math.min(n, x.spec.maxBody - x.kept);
+          if (k > 0) {
+            (x.parts ??= []).push(Buffer.from(this.staging.subarray(this.sStart, this.sStart + k)));
+            x.kept += k;
+          }
+          this.sStart += n;
+          if (n > k) this.complete(x, Buffer.concat(x.parts ?? [], x.kept), true);
+          continue;
+        }
+      }
+    }
+  }
+
+  private startBody(x: Exchange, head: ResponseHead): void {
+    const spec = x.spec;
+    const ok = spec.ok.includes(head.status);
+    const f = head.framing;
+    if (ok && spec.into) {
+      const want = spec.into.length;
+      if (f.kind !== 'length' || f.length !== want) {
+        const got = f.kind === 'length' ? `${f.length} bytes` : f.kind === 'none' ? 'no body' : `a ${f.kind}-delimited body`;
+        throw new BadResponseError(`expected a body of ${want} bytes, the server announced ${got}`);
+      }
+      x.phase = 'dest';
+      x.dest = spec.into;
+      return;
+    }
+    switch (f.kind) {
+      case 'none':
+        this.complete(x, Buffer.alloc(0), false);
+        return;
+      case 'length':
+        x.phase = 'dest';
+        x.dest = Buffer.allocUnsafe(Math.min(f.length, spec.maxBody));
+        x.cut = f.length > spec.maxBody;
+        if (x.dest.length === 0) this.finishDest(x);
+        return;
+      case 'chunked':
+        x.phase = 'chunked';
+        x.chunked = new ChunkedDecoder(spec.maxBody);
+        return;
+      case 'close':
+        x.phase = 'until-close';
+        return;
+    }
+  }
+
+  private finishDest(x: Exchange): void {
+    const body = x.dest === x.spec.into ? Buffer.alloc(0) : x.dest!;
+    this.complete(x, body, x.cut);
+  }
+
+  /** The response is in: apply its effect, settle the request, and decide the socket's fate. */
+  private complete(x: Exchange, body: Buffer, truncated: boolean): void {
+    if (this.cur !== x) return;
+    this.cur = undefined;
+    clearTimeout(x.timer);
+    const head = x.head!;
+    if (x.spec.effect && x.spec.ok.includes(head.status)) {
+      const e = x.spec.effect;
+      if (e.kind === 'unflushed') this.unflushed.add(e.offset, e.length);
+      else this.unflushed.clear();
+    }
+    this.lastUsed = Date.now();
+    if (!this.justCompleted) {
+      this.justCompleted = true;
+      setImmediate(() => (this.justCompleted = false));
+    }
+    const leftover = this.sEnd > this.sStart;
+    if (head.close || truncated || leftover || x.phase === 'until-close') {
+      if (leftover) this.closeCause ??= new BadResponseError('the server sent more than its response');
+      this.sStart = this.sEnd;
+      this.socket?.destroy();
+    }
+    x.resolve({ status: head.status, headers: head.headers, body, truncated });
+  }
+
+  private failCurrent(err: BadResponseError): void {
+    const x = this.cur;
+    if (x) x.failure ??= new ExchangeError(err.message, 'ERR_BAD_RESPONSE', true, { cause: err });
+    else this.closeCause ??= err;
+    this.socket?.destroy();
+  }
+
+  private onEnd(): void {
+    const x = this.cur;
+    if (x && x.phase === 'until-close' && x.head) {
+      this.complete(x, Buffer.concat(x.parts ?? [], x.kept), false);
+    }
+    // Otherwise the close handler reports it; our side closes too.
+    this.socket?.destroy();
+  }
+
+  private onClose(socket: Socket): void {
+    if (this.socket !== socket) return;
+    this.socket = undefined;
+    this.connected = false;
+    this.generation++;
+    this.readingDest = false;
+    this.sStart = this.sEnd = 0;
+    const cause = this.closeCause;
+    const x = this.cur;
+    if (x) {
+      this.cur = undefined;
+      clearTimeout(x.timer);
+      const err =
+        x.failure ??
+        new ExchangeError(
+          x.head
+            ? `the server closed the connection in the middle of the response body` +
+                (cause ? `: ${(cause as Error).message ?? String(cause)}` : '')
+            : `the server closed the connection before answering` + (cause ? `: ${(cause as Error).message ?? String(cause)}` : ''),
+          (cause as { code?: string } | undefined)?.code ?? 'ERR_CLOSED',
+          true,
+          { cause },
+        );
+      x.reject(err);
+    }
+    if (!this.unflushed.empty) {
+      const lost = this.unflushed.snapshot();
+      this.unflushed.clear();
+      this.hooks.lost?.(this, lost, cause ?? x?.failure);
+    } else {
+      this.hooks.closed?.(this, cause);
+    }
+    const r = this.resolveClosed;
+    this.closedPromise = undefined;
+    this.resolveClosed = undefined;
+    r?.();
+  }
+}
