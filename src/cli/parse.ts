@@ -15,6 +15,7 @@ import { OPTIONS, UNSUPPORTED_NBDKIT_OPTIONS } from './option-table';
 import { helpText } from './help';
 import { engineConfigFrom, type EngineConfig } from './engine-options';
 import { VERSION } from '../core/version';
+import { DEFAULTS } from '../core/defaults';
 
 /** What the command does with the network side: where it listens. */
 export type ListenConfig =
@@ -81,22 +82,23 @@ export type ParseResult =
   | { kind: 'imageio-server'; argv: string[] }
   | { kind: 'engine-server'; argv: string[] };
 
-/** The defaults of every option, in the units RunConfig uses. */
+/** The defaults of every option, in the units the command line uses (from src/core/defaults.ts). */
 export const CLI_DEFAULTS = {
-  connections: 4,
-  requestSize: 8 * 2 ** 20,
-  maxBuffer: 32 * 2 ** 20,
-  coalesceIdleSeconds: 0.01,
-  connectTimeoutSeconds: 10,
-  requestTimeoutSeconds: 60,
-  minRate: 2 ** 20,
-  maxMemory: 48 * 2 ** 20,
-  retries: 3,
-  keepAliveSeconds: 30,
-  threads: 16,
-  progressSeconds: 5,
+  connections: DEFAULTS.connections,
+  requestSize: DEFAULTS.requestSize,
+  readahead: DEFAULTS.readahead,
+  maxBuffer: DEFAULTS.maxBuffer,
+  coalesceIdleSeconds: DEFAULTS.coalesceIdleMs / 1000,
+  connectTimeoutSeconds: DEFAULTS.connectTimeoutMs / 1000,
+  requestTimeoutSeconds: DEFAULTS.requestTimeoutMs / 1000,
+  minRate: DEFAULTS.minRate,
+  maxMemory: DEFAULTS.maxMemory,
+  retries: DEFAULTS.retries,
+  keepAliveSeconds: DEFAULTS.keepAliveMs / 1000,
+  threads: DEFAULTS.threads,
+  progressSeconds: DEFAULTS.progressSeconds,
   port: NBD_DEFAULT_PORT,
-  host: '127.0.0.1',
+  host: DEFAULTS.host,
 } as const;
 
 type OptionSpec = { key: string; kind: 'string' | 'flag' | 'count' };
@@ -398,10 +400,10 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
   else if (portOpt === undefined && hostOpt === undefined && run !== undefined) listen = { privateUnix: true }; // nbdkit: --run implies -U -
   else listen = { port: portOpt ?? CLI_DEFAULTS.port, host: hostOpt ?? (v6 ? '::1' : CLI_DEFAULTS.host) };
 
-  const requestSize = parseSize(text(a['request-size']) ?? '8M', 'request size');
+  const requestSize = parseSize(text(a['request-size']) ?? String(CLI_DEFAULTS.requestSize), 'request size');
   if (requestSize > 64 * 2 ** 20) throw new ConfigError('invalid request size: at most 64M');
   const maxBuffer = parseSize(text(a['max-buffer']) ?? String(CLI_DEFAULTS.maxBuffer), 'max buffer');
-  const readahead = parseSize(text(a.readahead) ?? '8M', 'read-ahead size');
+  const readahead = parseSize(text(a.readahead) ?? String(CLI_DEFAULTS.readahead), 'read-ahead size');
   if (readahead > 64 * 2 ** 20) throw new ConfigError(`invalid --readahead '${text(a.readahead)}': at most 64M`);
   const minRate = parseSize(text(a['min-rate']) ?? String(CLI_DEFAULTS.minRate), 'min rate');
   if (minRate < 1) throw new ConfigError(`invalid --min-rate '${text(a['min-rate'])}': at least 1 byte per second, e.g. 1M`);

@@ -22,6 +22,7 @@ import type { CoalesceLayer } from '../layers/coalesce/coalesce-layer';
 import type { ReadaheadLayer } from '../layers/readahead-layer';
 import { StatsLayer } from '../layers/stats-layer';
 import { FailureJournal } from '../layers/failure-journal';
+import { DEFAULTS } from '../core/defaults';
 import { probeScheme } from '../backends/imageio/start-probe';
 
 export interface ExportStack {
@@ -73,21 +74,21 @@ export interface ExportOptions {
 
 const MiB = 2 ** 20;
 
-/** The defaults openExport() applies, which are also the command's defaults. */
+/** The defaults openExport() applies (from the one table, src/core/defaults.ts). */
 export const EXPORT_DEFAULTS = {
-  insecure: false,
-  unixSocket: 'auto',
-  connections: 4,
-  requestSize: 8 * MiB,
-  readahead: 8 * MiB,
-  maxBuffer: 32 * MiB,
-  coalesceIdleMs: 10,
-  connectTimeoutMs: 10_000,
-  requestTimeoutMs: 60_000,
-  minRate: MiB,
-  retries: 3,
-  keepAliveMs: 30_000,
-  readonly: false,
+  insecure: DEFAULTS.insecure,
+  unixSocket: DEFAULTS.unixSocket,
+  connections: DEFAULTS.connections,
+  requestSize: DEFAULTS.requestSize,
+  readahead: DEFAULTS.readahead,
+  maxBuffer: DEFAULTS.maxBuffer,
+  coalesceIdleMs: DEFAULTS.coalesceIdleMs,
+  connectTimeoutMs: DEFAULTS.connectTimeoutMs,
+  requestTimeoutMs: DEFAULTS.requestTimeoutMs,
+  minRate: DEFAULTS.minRate,
+  retries: DEFAULTS.retries,
+  keepAliveMs: DEFAULTS.keepAliveMs,
+  readonly: DEFAULTS.readonly,
 } as const satisfies Partial<ExportOptions>;
 
 /** Serves a prefix of a larger backend: --size below the transfer's size. */

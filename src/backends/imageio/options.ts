@@ -4,6 +4,7 @@ import { ConfigError, describeError } from '../../core/errors';
 import type { Logger } from '../../core/log';
 import { silentLogger } from '../../core/log';
 import { payloadPool, type PayloadPool } from '../../core/payload-pool';
+import { DEFAULTS } from '../../core/defaults';
 
 export interface ImageioBackendOptions {
   /** Transfer URL: https://HOST:54322/images/TICKET or http://... */
@@ -55,7 +56,6 @@ export interface ResolvedOptions {
   logger: Logger;
 }
 
-export const DEFAULT_MIN_RATE = 1024 * 1024;
 
 export function resolveOptions(opts: ImageioBackendOptions): ResolvedOptions {
   let url: URL;
@@ -94,16 +94,16 @@ export function resolveOptions(opts: ImageioBackendOptions): ResolvedOptions {
   return {
     url,
     path: url.pathname,
-    connections: number('connections', opts.connections, 4, 1, true),
+    connections: number('connections', opts.connections, DEFAULTS.connections, 1, true),
     size: opts.size,
     tls,
-    unixSocket: opts.unixSocket ?? 'auto',
+    unixSocket: opts.unixSocket ?? DEFAULTS.unixSocket,
     readonly: opts.readonly ?? false,
-    connectTimeoutMs: number('connectTimeoutMs', opts.connectTimeoutMs, 10_000, 1, false),
-    requestTimeoutMs: number('requestTimeoutMs', opts.requestTimeoutMs, 60_000, 1, false),
-    minRatePerMs: number('minRate', opts.minRate, DEFAULT_MIN_RATE, 1, false) / 1000,
-    retries: number('retries', opts.retries, 3, 0, true),
-    keepAliveIdleMs: number('keepAliveIdleMs', opts.keepAliveIdleMs, 30_000, 1, false),
+    connectTimeoutMs: number('connectTimeoutMs', opts.connectTimeoutMs, DEFAULTS.connectTimeoutMs, 1, false),
+    requestTimeoutMs: number('requestTimeoutMs', opts.requestTimeoutMs, DEFAULTS.requestTimeoutMs, 1, false),
+    minRatePerMs: number('minRate', opts.minRate, DEFAULTS.minRate, 1, false) / 1000,
+    retries: number('retries', opts.retries, DEFAULTS.retries, 0, true),
+    keepAliveIdleMs: number('keepAliveIdleMs', opts.keepAliveIdleMs, DEFAULTS.keepAliveMs, 1, false),
     pool: opts.pool ?? payloadPool,
     logger: opts.logger ?? silentLogger(),
   };

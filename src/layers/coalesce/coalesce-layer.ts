@@ -56,15 +56,14 @@ import { bufferRefs, payloadPool, releaseBuffer, retainBuffer, type PayloadPool 
 import { BackendError, DataLossError, describeError, toNbdErrno } from '../../core/errors';
 import { NbdError } from '../../nbd/codec/constants';
 import { silentLogger, type Logger } from '../../core/log';
-
-const MiB = 1024 * 1024;
+import { DEFAULTS } from '../../core/defaults';
 
 export interface CoalesceOptions {
-  /** Size of the merged requests sent to the inner backend. Default 8 MiB. Must be > 0. */
+  /** Size of the merged requests sent to the inner backend. Default DEFAULTS.requestSize (8 MiB). Must be > 0. */
   requestSize?: number;
   /**
    * Bound on the bytes of writes accepted and not yet done by the inner backend: buffered,
-   * queued, in flight, and passed straight through. Default 64 MiB; at least requestSize.
+   * queued, in flight, and passed straight through. Default DEFAULTS.maxBuffer (32 MiB); at least requestSize.
    */
   maxBufferedBytes?: number;
   /** Concurrent requests to the inner backend. Default 4, the imageio pool size. */
@@ -220,11 +219,11 @@ export class CoalesceLayer implements Backend {
     private readonly inner: Backend,
     opts: CoalesceOptions = {},
   ) {
-    this.requestSize = opts.requestSize ?? 8 * MiB;
-    this.maxBufferedBytes = opts.maxBufferedBytes ?? 64 * MiB;
+    this.requestSize = opts.requestSize ?? DEFAULTS.requestSize;
+    this.maxBufferedBytes = opts.maxBufferedBytes ?? DEFAULTS.maxBuffer;
     this.maxInFlight = opts.maxInFlight ?? 4;
     this.maxOpenBuffers = opts.maxOpenBuffers ?? 8;
-    this.idleMs = opts.idleMs ?? 10;
+    this.idleMs = opts.idleMs ?? DEFAULTS.coalesceIdleMs;
     this.directWriteSize = Math.min(opts.directWriteSize ?? this.requestSize, this.requestSize + 1);
     this.copyUnpooled = opts.copyUnpooled ?? true;
     this.pool = opts.pool ?? payloadPool;
