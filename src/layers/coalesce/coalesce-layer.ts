@@ -57,6 +57,8 @@ import { BackendError, DataLossError, describeError, toNbdErrno } from '../../co
 import { NbdError } from '../../nbd/codec/constants';
 import { silentLogger, type Logger } from '../../core/log';
 import { DEFAULTS } from '../../core/defaults';
+import { ByteAdmission } from './byte-admission';
+import { applyOverlays, collectOverlays, type Overlay } from './overlay';
 
 export interface CoalesceOptions {
   /** Size of the merged requests sent to the inner backend. Default DEFAULTS.requestSize (8 MiB). Must be > 0. */
@@ -146,11 +148,6 @@ interface Pending {
   markDone: () => void;
 }
 
-interface MemoryWaiter {
-  n: number;
-  resolve: () => void;
-}
-
 /** Pending items are bounded too, so scans of the queue stay cheap. */
 const MAX_QUEUED = 256;
 /** Zeroes queued without waiting; past this many queued items a zero waits for its request. */
@@ -178,15 +175,11 @@ export class CoalesceLayer implements Backend {
   private committed: Pending[] = [];
 
   /** Bytes of accepted writes not yet done by the inner backend (the bounded quantity). */
-  private held = 0;
+  private readonly bytes: ByteAdmission;
   /** Of those, bytes in the send queue or in flight: memory that comes back by itself. */
   private committedBytes = 0;
-  private readonly memWaiters: MemoryWaiter[] = [];
-  /** Writes admitted by pump() that have not run on yet: later writes must queue behind them. */
-  private admitted = 0;
   /** Start offsets of buffered writes waiting for memory (count per offset). */
   private readonly waitingAt = new Map<number, number>();
-  private pumpScheduled = false;
 
   private activeSlots = 0;
   private readonly slotWaiters: Array<() => void> = [];
@@ -243,6 +236,11 @@ export class CoalesceLayer implements Backend {
       throw new RangeError(`coalesce: invalid maxOpenBuffers ${this.maxOpenBuffers}`);
     }
     if (!(this.idleMs >= 0)) throw new RangeError(`coalesce: invalid idleMs ${this.idleMs}`);
+    this.bytes = new ByteAdmission(this.maxBufferedBytes, {
+      queueFull: () => this.committed.length >= MAX_QUEUED,
+      returning: () => this.committedBytes,
+      evict: () => this.evictFullest(),
+    });
   }
 
   size(): number {
@@ -258,7 +256,7 @@ export class CoalesceLayer implements Backend {
   }
 
   stats(): CoalesceStats {
-    return { ...this.counters, bufferedBytes: this.held };
+    return { ...this.counters, bufferedBytes: this.bytes.held, maxBufferedBytes: this.bytes.maxHeld };
   }
 
   async pread(offset: number, length: number): Promise<Buffer> {
@@ -292,10 +290,7 @@ export class CoalesceLayer implements Backend {
         base.copy(out);
         releaseBuffer(base);
       }
-      for (const o of overlays) {
-        if (o.data) o.data.copy(out, o.offset - offset);
-        else out.fill(0, o.offset - offset, o.end - offset);
-      }
+      applyOverlays(out, offset, overlays);
       return out;
     } finally {
       for (const o of overlays) if (o.data) releaseBuffer(o.data);
@@ -320,9 +315,9 @@ export class CoalesceLayer implements Backend {
       return RESOLVED;
     }
     if (this.copyUnpooled && bufferRefs(data) === 0) return this.writeCopied(data, offset);
-    if (this.fitsNow(n)) {
+    if (this.bytes.fitsNow(n)) {
       // No await on this path: concurrent writes arriving together must find this run.
-      this.hold(n);
+      this.bytes.hold(n);
       this.place(data, offset);
       return RESOLVED;
     }
@@ -446,12 +441,12 @@ export class CoalesceLayer implements Backend {
     const copy = this.pool.tryAllocate(n) ?? (await this.pool.allocate(n));
     data.copy(copy);
     this.counters.copiedBytes += n;
-    if (this.fitsNow(n)) {
+    if (this.bytes.fitsNow(n)) {
       if (this.lost || this.closing) {
         releaseBuffer(copy);
         throw this.notWritableError();
       }
-      this.hold(n);
+      this.bytes.hold(n);
       this.place(copy, offset);
       return;
     }
@@ -465,15 +460,15 @@ export class CoalesceLayer implements Backend {
     // While it waits, the run it would extend is not sent by the idle timer.
     this.waitingAt.set(offset, (this.waitingAt.get(offset) ?? 0) + 1);
     try {
-      await this.admit(n);
-      this.admitted--;
+      await this.bytes.admit(n);
+      this.bytes.ran();
     } finally {
       const c = this.waitingAt.get(offset)!;
       if (c > 1) this.waitingAt.set(offset, c - 1);
       else this.waitingAt.delete(offset);
     }
     if (this.lost || this.closing) {
-      this.unhold(n);
+      this.bytes.release(n);
       releaseBuffer(data);
       throw this.notWritableError();
     }
@@ -514,7 +509,7 @@ export class CoalesceLayer implements Backend {
     }
     // A waiter may have been passed over while these bytes were admitted but not yet in a run
     // that pump() could send to make room.
-    if (this.memWaiters.length > 0) this.schedulePump();
+    this.bytes.schedulePump();
   }
 
   private openRun(offset: number): Run {
@@ -596,10 +591,10 @@ export class CoalesceLayer implements Backend {
       .finally(() => {
         for (const s of segs) releaseBuffer(s);
         this.committedBytes -= length;
-        this.unhold(length);
+        this.bytes.release(length);
       });
     // Memory it holds now comes back by itself: waiters may no longer need an eviction.
-    if (this.memWaiters.length > 0) this.schedulePump();
+    this.bytes.schedulePump();
   }
 
   // ---- direct operations ----
@@ -607,15 +602,15 @@ export class CoalesceLayer implements Backend {
   /** A FUA or big write: straight to the inner backend, in order, within the memory bound. */
   private writeDirect(data: Buffer, offset: number, flags?: WriteFlags): Promise<void> {
     const n = data.length;
-    if (this.fitsNow(n)) {
-      this.hold(n);
+    if (this.bytes.fitsNow(n)) {
+      this.bytes.hold(n);
       return this.sendDirect(data, offset, flags);
     }
     this.counters.backpressureWaits++;
-    return this.admit(n).then(() => {
-      this.admitted--;
+    return this.bytes.admit(n).then(() => {
+      this.bytes.ran();
       if (this.lost || this.closing) {
-        this.unhold(n);
+        this.bytes.release(n);
         releaseBuffer(data);
         throw this.notWritableError();
       }
@@ -634,7 +629,7 @@ export class CoalesceLayer implements Backend {
     }).finally(() => {
       releaseBuffer(data);
       this.committedBytes -= n;
-      this.unhold(n);
+      this.bytes.release(n);
     });
   }
 
@@ -688,7 +683,7 @@ export class CoalesceLayer implements Backend {
         if (i >= 0) this.committed.splice(i, 1);
         item.markDone();
         // The queue got shorter: a write waiting on MAX_QUEUED may fit now.
-        if (this.memWaiters.length > 0) this.schedulePump();
+        this.bytes.schedulePump();
       }
     };
     return run();
@@ -710,88 +705,12 @@ export class CoalesceLayer implements Backend {
 
   // ---- memory ----
 
-  /** n bytes can be taken at once: they fit, and no earlier write is waiting or about to run. */
-  private fitsNow(n: number): boolean {
-    return this.memWaiters.length === 0 && this.admitted === 0 && this.fits(n);
-  }
-
-  private fits(n: number): boolean {
-    return (this.held === 0 || this.held + n <= this.maxBufferedBytes) && this.committed.length < MAX_QUEUED;
-  }
-
-  private hold(n: number): void {
-    this.held += n;
-    if (this.held > this.counters.maxBufferedBytes) this.counters.maxBufferedBytes = this.held;
-  }
-
-  private unhold(n: number): void {
-    this.held -= n;
-    if (this.memWaiters.length > 0) this.pump();
-  }
-
-  /** Wait (first come first served) until n more bytes fit, and count them as held. */
-  private admit(n: number): Promise<void> {
-    const p = new Promise<void>((resolve) => this.memWaiters.push({ n, resolve }));
-    this.schedulePump();
-    return p;
-  }
-
-  /**
-   * pump() may commit (evict) an open run, so it must not run in the middle of a place(): code
-   * that can run there defers it to a microtask.
-   */
-  private schedulePump(): void {
-    if (this.pumpScheduled) return;
-    this.pumpScheduled = true;
-    queueMicrotask(() => {
-      this.pumpScheduled = false;
-      this.pump();
-    });
-  }
-
-  /**
-   * Admit waiting writes that fit. If the memory they need will not come back by itself (too
-   * little is queued or in flight), send the fullest open run: it makes the best request.
-   */
-  private pump(): void {
-    while (this.memWaiters.length > 0) {
-      const w = this.memWaiters[0];
-      if (this.fits(w.n)) {
-        this.memWaiters.shift();
-        this.hold(w.n);
-        this.admitted++;
-        w.resolve();
-        continue;
-      }
-      const shortfall = this.held + w.n - this.maxBufferedBytes;
-      if (this.open.length === 0 || this.committedBytes >= shortfall || this.committed.length >= MAX_QUEUED) break;
-      let fullest = this.open[0];
-      for (const r of this.open) if (r.end - r.offset > fullest.end - fullest.offset) fullest = r;
-      this.commit(fullest, 'evicted');
-    }
-  }
-}
-
-/** Pending bytes to copy over a read's result; `data` undefined means zeroes. */
-interface Overlay {
-  offset: number;
-  end: number;
-  /** A retained subarray, released once the read is answered. */
-  data?: Buffer;
-}
-
-/** Add the parts of `segs` (starting at `at`) within [start, end), each retained. */
-function collectOverlays(out: Overlay[], segs: readonly Buffer[], at: number, start: number, end: number): void {
-  for (const s of segs) {
-    const segEnd = at + s.length;
-    if (segEnd > start && at < end) {
-      const from = Math.max(at, start);
-      const to = Math.min(segEnd, end);
-      const data = from === at && to === segEnd ? s : s.subarray(from - at, to - at);
-      retainBuffer(data);
-      out.push({ offset: from, end: to, data });
-    }
-    if (segEnd >= end) break;
-    at = segEnd;
+  /** Send the fullest open run to make room (ByteAdmission asks): it makes the best request. */
+  private evictFullest(): boolean {
+    if (this.open.length === 0) return false;
+    let fullest = this.open[0];
+    for (const r of this.open) if (r.end - r.offset > fullest.end - fullest.offset) fullest = r;
+    this.commit(fullest, 'evicted');
+    return true;
   }
 }
