@@ -14,7 +14,10 @@ export function freshClone(dir: string): string {
   const files = execFileSync('git', ['ls-files', '-co', '--exclude-standard', '-z'], { cwd: ROOT })
     .toString()
     .split('\0')
-    .filter((f) => f !== '' && existsSync(path.join(ROOT, f)) && !f.startsWith('.tools'));
+    // Never node_modules, .tools or dist/, even where git does not ignore them (a symlinked
+    // node_modules is not matched by "node_modules/"): npm ci in the copy would empty the
+    // directory the link points to.
+    .filter((f) => f !== '' && existsSync(path.join(ROOT, f)) && !f.split('/').some((part) => ['node_modules', '.tools', 'dist'].includes(part)));
   execFileSync('tar', ['-cf', path.join(dir, '..', 'clone.tar'), '--null', '-T', '-'], { cwd: ROOT, input: files.join('\0') });
   execFileSync('tar', ['-xf', path.join(dir, '..', 'clone.tar')], { cwd: dir });
   return dir;
