@@ -9,10 +9,11 @@
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { CLI, compareFiles, e2eSuite, MiB, ROOT, runCli, spawnTracked, waitAllClosed } from '../helpers/cli';
+import { CLI, compareFiles, e2eSuite, MiB, ROOT, runCli, spawnTracked, waitAllClosed, type TestImageio } from '../helpers/cli';
 import { run } from '../helpers/run';
 import { freshClone, lines, nodeMajor, npm, SYSTEM_NODE } from '../helpers/package';
 import { VIRT_V2V } from '../helpers/virt-v2v';
+import { abstractSocketName } from '../../sim/imageio-server';
 
 const SIZE = 8 * MiB;
 const suite = e2eSuite({ name: 'package', size: SIZE, seed: 51 });
@@ -27,6 +28,16 @@ const pkg = { tgz: '', prefix: '', installed: '' };
 
 /** PATH as a Debian 12 user has it: the machine's own (old) Node first, then `dirs`. */
 const systemPath = (...dirs: string[]) => [...dirs, path.dirname(SYSTEM_NODE), process.env.PATH ?? ''].join(':');
+
+/** The built-in imageio server with its local service on an abstract socket, as on an oVirt host. */
+const imageioOnHost = () => suite.imageio({ unix: abstractSocketName() });
+
+/** Every byte written went over the abstract unix socket (which Node 20 cannot reach). */
+function expectWrittenOverUnix(s: TestImageio) {
+  const writers = s.server.stats().connections.filter((c) => c.bytesWritten > 0 || c.bytesZeroed > 0);
+  expect(writers.length).toBeGreaterThan(0);
+  expect([...new Set(writers.map((c) => c.service))]).toEqual(['unix']);
+}
 
 beforeAll(async () => {
   // The machine's own Node must be too old for imageio-nbd, or these tests prove nothing.
@@ -64,11 +75,12 @@ test('installed on Node 20, run with Node 20 first on PATH: --help and an upload
   expect({ code: help.code, stderr: help.stderr }).toEqual({ code: 0, stderr: '' });
   expect(help.stdout).toMatch(/^Usage: imageio-nbd \[OPTIONS\] URL/);
 
-  const s = await suite.imageio();
+  const s = await imageioOnHost();
   const up = spawnTracked(cmd, ['--run', 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"', s.url], { env: { ...env, SRC: suite.source } });
   const r = await up.exited;
   expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
   expect(compareFiles(suite.source, s.image)).toBe('equal');
+  expectWrittenOverUnix(s);
 });
 
 test("virt-v2v's use of nbdkit through the installed nbdkit-shim.sh, Node 20 first on PATH (Debian 12)", async () => {
@@ -78,7 +90,7 @@ test("virt-v2v's use of nbdkit through the installed nbdkit-shim.sh, Node 20 fir
   mkdirSync(shimDir);
   copyFileSync(path.join(pkg.installed, 'examples', 'nbdkit-shim.sh'), path.join(shimDir, 'nbdkit'));
   execFileSync('chmod', ['755', path.join(shimDir, 'nbdkit')]);
-  const s = await suite.imageio();
+  const s = await imageioOnHost();
   const plugin = suite.dir.file('rhv-upload-plugin.py');
   writeFileSync(plugin, '# virt-v2v writes its plugin here; imageio-nbd takes its place\n');
   const env = {
@@ -97,6 +109,7 @@ test("virt-v2v's use of nbdkit through the installed nbdkit-shim.sh, Node 20 fir
   expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
   expect(lines(r.stdout)).toEqual([expect.stringMatching(/^probed: nbdkit \d+\.\d+\.\d+ selinux=yes$/), 'copied']);
   expect(compareFiles(suite.source, s.image)).toBe('equal');
+  expectWrittenOverUnix(s);
   await waitAllClosed(s.server);
 });
 
