@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 'use strict';
 // Node.js 22 is the oldest that connects to an abstract unix socket (imageio's local socket on
-// every oVirt host: Node 20 cannot, measured on 20.20.2 and 22.0.0). The installed command
+// every oVirt host; measured: 22.0.0 can, 20.20.2 cannot). The installed command
 // (bin/imageio-nbd) runs this file on the package's own Node when npm installed one. Written
 // for old Node too, so that they get this line rather than a syntax error.
 const major = Number(process.versions.node.split('.')[0]);

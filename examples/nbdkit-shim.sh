@@ -13,7 +13,7 @@
 #
 # NBDKIT_REAL (default /usr/bin/nbdkit.distrib) names the real nbdkit, IMAGEIO_NBD (default
 # imageio-nbd) the command that serves the upload. The installed imageio-nbd command runs on
-# the Node.js that came with it, so the machine's own Node (Debian 12's is 20) does not matter.
+# the Node.js that came with it, so the machine's own Node (Debian 12's is 18) does not matter.
 real=${NBDKIT_REAL:-/usr/bin/nbdkit.distrib}
 imageio_nbd=${IMAGEIO_NBD:-imageio-nbd}
 
