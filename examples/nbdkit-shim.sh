@@ -7,12 +7,13 @@
 #
 # Install with a diversion, so that package upgrades keep the real nbdkit beside it:
 #   dpkg-divert --local --rename --divert /usr/bin/nbdkit.distrib --add /usr/bin/nbdkit
-#   install -m 755 nbdkit-shim.sh /usr/bin/nbdkit
+#   install -m 755 "$(npm root -g)/imageio-nbd/examples/nbdkit-shim.sh" /usr/bin/nbdkit
 # Undo:
 #   rm /usr/bin/nbdkit && dpkg-divert --local --rename --remove /usr/bin/nbdkit
 #
 # NBDKIT_REAL (default /usr/bin/nbdkit.distrib) names the real nbdkit, IMAGEIO_NBD (default
-# imageio-nbd) the command that serves the upload.
+# imageio-nbd) the command that serves the upload. The installed imageio-nbd command runs on
+# the Node.js that came with it, so the machine's own Node (Debian 12's is 18) does not matter.
 real=${NBDKIT_REAL:-/usr/bin/nbdkit.distrib}
 imageio_nbd=${IMAGEIO_NBD:-imageio-nbd}
 

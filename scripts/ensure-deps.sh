@@ -12,7 +12,7 @@ command -v nbdcopy >/dev/null || need+=(libnbd-bin)
 command -v nbdkit >/dev/null || need+=(nbdkit)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
-# The packaging test checks that an older Node (Debian's) gets one clear line from the command.
+# The packaging test installs the package with an older Node (Debian's) and runs it there.
 [ -x /usr/bin/node ] || need+=(nodejs)
 # script(1) gives the progress test a terminal.
 command -v script >/dev/null || need+=(bsdutils)

@@ -1,7 +1,10 @@
 # Sourced by the project's scripts: puts Node.js 24 first on PATH.
-# imageio-nbd needs Node.js >= 24 (Node 20 cannot connect to imageio's abstract unix socket and
-# is end-of-life). When the `node` on PATH is older, the official Node 24 binary is installed
-# from the npm registry (package node-linux-<arch>, no install script) into .tools/ once.
+# imageio-nbd itself runs on Node.js 22 or later (Node 20 cannot connect to imageio's abstract
+# unix socket), and the installed command brings its own Node 24 (package.json's
+# optionalDependencies). The project's own scripts (tests, demo, bench, CI) run on that same
+# Node 24: when the `node` on PATH is older, the official binary is installed from the npm
+# registry (package node-linux-<arch>, no install script) into .tools/ once.
+# NODE_PKG_VERSION is the version package.json's optionalDependencies name (a test checks).
 NODE_WANT_MAJOR=24
 NODE_PKG_VERSION=24.22.3
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,9 +13,7 @@ if [ "$_major" -lt "$NODE_WANT_MAJOR" ]; then
   case "$(uname -m)" in
     x86_64) _arch=x64 ;;
     aarch64) _arch=arm64 ;;
-    ppc64le) _arch=ppc64le ;;
-    s390x) _arch=s390x ;;
-    *) echo "no Node.js $NODE_WANT_MAJOR package for $(uname -m): install Node.js $NODE_WANT_MAJOR yourself" >&2; return 1 ;;
+    *) echo "the npm registry has no Node.js $NODE_WANT_MAJOR package for $(uname -m): install Node.js $NODE_WANT_MAJOR yourself" >&2; return 1 ;;
   esac
   _tools="$_root/.tools"
   # A .tools that cannot hold a directory (a dangling or looping link): use the user's cache.

@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { e2eSuite, MiB } from '../helpers/cli';
 import { run } from '../helpers/run';
-import { freshClone, lines, npm } from '../helpers/package';
+import { freshClone, lines, npm, SYSTEM_NODE } from '../helpers/package';
 
 const suite = e2eSuite({ name: 'package-source', size: MiB, seed: 52 });
 
@@ -21,6 +21,10 @@ test('npm ci --omit=dev in a fresh clone builds dist/, leaves no TypeScript, and
   expect(existsSync(path.join(clone, 'node_modules', 'typescript'))).toBe(false);
   const r = await run(process.execPath, [path.join(clone, 'bin', 'imageio-nbd.js'), '--run', 'nbdinfo --size "$uri"', 'memory:1M']);
   expect({ code: r.code, stdout: r.stdout, stderr: r.stderr }).toEqual({ code: 0, stdout: `${MiB}\n`, stderr: '' });
+  // The clone's command runs on the package's own Node, which npm ci installed and kept.
+  const env = { ...process.env, PATH: `${path.dirname(SYSTEM_NODE)}:${process.env.PATH ?? ''}` };
+  const own = await run(path.join(clone, 'bin', 'imageio-nbd'), ['--run', 'nbdinfo --size "$uri"', 'memory:1M'], { env });
+  expect({ code: own.code, stdout: own.stdout, stderr: own.stderr }).toEqual({ code: 0, stdout: `${MiB}\n`, stderr: '' });
 });
 
 test('npm pack of a git URL (the README way to install from git)', async () => {
@@ -36,5 +40,6 @@ test('npm pack of a git URL (the README way to install from git)', async () => {
   const entries = lines(execFileSync('tar', ['-tzf', path.join(out, tgz)]).toString());
   expect(entries).toContain('package/dist/src/cli/main.js');
   expect(entries).toContain('package/bin/imageio-nbd.js');
+  expect(entries).toContain('package/bin/imageio-nbd'); // the installed command: runs the .js on the package's own Node
 });
 
