@@ -543,6 +543,15 @@ class EngineRun {
         ? `${ended}; the engine removed disk ${disk.id} (${disk.name}): oVirt removes the disk of an upload that ends in failure`
         : `${ended}; disk ${disk.id} (${disk.name}) was kept`;
     }
+    // No ticket on the host yet: a finalize would wait for ever (handleFinalizingSuccess changes
+    // nothing until the ticket is removed), and a cancel removes an upload's disk.
+    if (phase === 'initializing' || phase === 'resuming') {
+      if (!upload) return this.endTransfer(); // a download's disk is only unlocked (cleanup)
+      phase = await this.waitWhileStarting(id);
+      if (phase === 'initializing' || phase === 'resuming') {
+        return `transfer ${id} is still ${phase}: not cancelled, because cancelling an upload removes disk ${disk.id} (${disk.name}); end it in the engine`;
+      }
+    }
     const v = phase === 'finished_success' ? ({ kind: 'success' } as Verdict) : await this.finalize();
     if (v.kind === 'success') {
       return upload
@@ -550,6 +559,16 @@ class EngineRun {
         : `transfer ${id} finalized; disk ${disk.id} (${disk.name}) is unchanged`;
     }
     return v.line;
+  }
+
+  /** The transfer's phase once it left initializing/resuming, or after --engine-timeout. */
+  private async waitWhileStarting(id: string): Promise<string | undefined> {
+    const deadline = Date.now() + this.ec.timeoutS * 1000;
+    for (let delay = 100; ; delay = Math.min(delay * 2, 1000)) {
+      const phase = (await this.client!.getTransfer(id).catch(() => undefined))?.phase;
+      if ((phase !== 'initializing' && phase !== 'resuming') || Date.now() >= deadline) return phase;
+      await plainSleep(delay);
+    }
   }
 
   /** Print the one line (an error record with --log-format json); returns `status`. */

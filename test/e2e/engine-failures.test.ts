@@ -131,6 +131,20 @@ test('a transfer stuck in initializing: gives up after --engine-timeout, cancels
   await expectNothingLeft(t.engine, ['doomed']);
 });
 
+test('an upload into an existing disk stuck in initializing: neither cancelled (that removes the disk) nor finalized (that never ends)', async () => {
+  const t = await engine();
+  t.engine.faults.stuckInitializing = true;
+  const disk = t.engine.addDisk({ name: 'precious', size: SIZE });
+  const r = await runFailing(t, ['--disk-id', disk.id, '--direction', 'upload', '--engine-timeout', '1'], UPLOAD);
+  expect(r.code).toBe(1);
+  expect(lastLine(r.stderr)).toMatch(
+    /^imageio-nbd: transfer \S+ on host host\d was still initializing after 1 s \(--engine-timeout\); transfer \S+ is still initializing: not cancelled, because cancelling an upload removes disk \S+ \(precious\); end it in the engine$/,
+  );
+  const [tr] = t.engine.state().transfers;
+  expect(t.engine.state().requests.filter((x) => x.startsWith(`POST /imagetransfers/${tr.id}/`))).toEqual([]);
+  expect(t.engine.state().disks.map((d) => d.name)).toEqual(['precious']);
+});
+
 test('SIGINT before serving (transfer still initializing): cancelled at once, the new disk removed', async () => {
   const t = await engine();
   t.engine.faults.stuckInitializing = true;
