@@ -35,6 +35,7 @@ export async function runEngineServerCommand(argv: string[]): Promise<number> {
       .option('tls-cert', { type: 'string', describe: 'PEM certificate: the engine and the hosts serve HTTPS' })
       .option('tls-key', { type: 'string', describe: 'PEM private key' })
       .option('username', { type: 'string', default: 'admin@internal', describe: 'the one user' })
+      .option('ordinary-user', { type: 'boolean', default: false, describe: 'the user is not an administrator: it cannot list image transfers, and sees no host or data center' })
       .option('password-file', { type: 'string', describe: "file whose first line is the user's password" })
       .option('control', { type: 'string', describe: 'unix socket for the control service (faults, state)' })
       .option('v', { type: 'count', describe: 'more logging (-v debug)' })
@@ -80,6 +81,7 @@ export async function runEngineServerCommand(argv: string[]): Promise<number> {
       tcp: { port: args.port, host: args.address },
       username: args.username,
       password,
+      admin: !args['ordinary-user'],
       storageDomain: args['storage-domain'],
       logger,
     });

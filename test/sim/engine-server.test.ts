@@ -411,7 +411,9 @@ describe('imageio-nbd engine-server and examples/upload-to-engine.sh', () => {
       const [tr] = await expectNothingLeft(e);
       expect(tr.phase).toBe('finished_success');
       const disk = e.state().disks.find((d) => d.name === 'vm-disk.qcow2')!;
-      expect(disk).toMatchObject({ status: 'ok', size: 16 * MiB, format: 'cow' });
+      // cow is thin: the engine refuses COW preallocated disks.
+      expect(disk).toMatchObject({ status: 'ok', size: 16 * MiB, format: 'cow', sparse: true });
+      expect(r.stdout).toBe(`disk-id=${disk.id}\n`);
       expect(compareFiles(src, disk.path)).toBe('equal');
     } finally {
       dir.cleanup();
