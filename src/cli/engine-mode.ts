@@ -554,9 +554,9 @@ class EngineRun {
     }
     const v = phase === 'finished_success' ? ({ kind: 'success' } as Verdict) : await this.finalize();
     if (v.kind === 'success') {
-      return upload
-        ? `transfer ${id} finalized to keep disk ${disk.id} (${disk.name}), but the upload did NOT complete: the disk's content is PARTIAL, write it again`
-        : `transfer ${id} finalized; disk ${disk.id} (${disk.name}) is unchanged`;
+      // Nothing was served, so nothing was written.
+      if (!upload || !this.served) return `transfer ${id} finalized; disk ${disk.id} (${disk.name}) is unchanged`;
+      return `transfer ${id} finalized to keep disk ${disk.id} (${disk.name}), but the upload did NOT complete: the disk's content is PARTIAL, write it again`;
     }
     return v.line;
   }

@@ -9,7 +9,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Client } from 'undici';
 import { ConfigError, EngineError } from '../../src/core/errors';
-import { EngineClient } from '../../src/engine/engine-client';
+import { EngineClient, faultText } from '../../src/engine/engine-client';
 import { FakeEngine } from '../../sim/engine-server/fake-engine';
 import {
   compareFiles,
@@ -227,6 +227,17 @@ describe('transfer lifecycle', () => {
     );
     e.faults.actionsNotPermitted = true;
     await expect(c.transferAction(t.id, 'finalize')).rejects.toThrow(/^POST \/imagetransfers\/\S+\/finalize: HTTP 403 Operation Failed: \[User is not authorized to perform this action\.\]$/);
+  });
+
+  test('faultText: one line from a nested or top-level fault; never JSON, never cut inside it', () => {
+    expect(faultText({ json: { status: 'failed', fault: { reason: 'Operation Failed', detail: '[Cannot\n  do it.]' } }, text: '' })).toBe(' Operation Failed: [Cannot do it.]');
+    expect(faultText({ json: { reason: 'Bad Request', detail: 'x' }, text: '' })).toBe(' Bad Request: x');
+    expect(faultText({ json: { status: 'failed' }, text: '{"status":"failed"}' })).toBe(' (the answer names no fault)');
+    expect(faultText({ text: '{"status":"failed","fault":{"reason":"Operation Fa' })).toBe(' (the answer is unreadable)');
+    expect(faultText({ text: '<html><body><h1>Service Unavailable</h1></body></html>' })).toBe(' Service Unavailable');
+    const long = faultText({ text: `${'word '.repeat(60)}end` });
+    expect(long.length).toBeLessThan(210);
+    expect(long).toMatch(/^ (word )+\.\.\.$|^ (word )*word\.\.\.$/);
   });
 
   test('a transfer names its disk as image.id (no disk link); no host given: a random up host', async () => {
