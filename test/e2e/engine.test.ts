@@ -188,6 +188,15 @@ test('keep-alive within the inactivity timeout: a client that waits 7 s is not p
   expect(compareFiles(suite.source, disk.path)).toBe('equal');
 });
 
+test('an engine before 4.4.5 (no timeout_policy): the upload works, and one line says a killed run would leave the disk locked', async () => {
+  const t = await engine();
+  t.engine.faults.noTimeoutPolicy = true;
+  const r = await run(t, ['--create-disk', '--storage-domain', 'data', '--size', '32M', '--disk-name', 'old'], 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"');
+  expect(r.stderr).toMatch(/WARN: the engine does not know timeout_policy \(engines before 4\.4\.5\): if this run is killed, an upload is paused and its disk stays locked/);
+  const [tr] = await expectNothingLeft(t.engine);
+  expect(tr).toMatchObject({ phase: 'finished_success', timeoutPolicy: undefined });
+});
+
 test('an expired token (401) mid-run: imageio-nbd logs in again and finalizes', async () => {
   const t = await engine();
   const disk = t.engine.addDisk({ size: SIZE });
