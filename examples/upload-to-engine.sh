@@ -2,9 +2,11 @@
 # Upload a local disk image (raw or qcow2) into a new oVirt disk, in one command.
 #   examples/upload-to-engine.sh IMAGE ENGINE-API-URL STORAGE-DOMAIN [imageio-nbd options...]
 # imageio-nbd logs in to the engine, creates the disk (as big as the image's virtual size,
-# qcow2 images as cow disks, named after the file), creates the image transfer on this host
-# or the least busy one, lets qemu-img write the guest data through it, and finalizes the
-# transfer. If anything fails the transfer is cancelled and the new disk removed.
+# qcow2 images as cow disks, which are always thin, named after the file), creates the image
+# transfer on this host or the least busy one (or lets the engine choose), lets qemu-img write
+# the guest data through it, and finalizes the transfer; stdout then has disk-id=ID. If
+# anything fails the transfer is cancelled and the new disk removed; a killed run's transfer
+# is cancelled by the engine after the inactivity timeout (timeout_policy cancel).
 # Environment: OVIRT_PASSWORD_FILE (required: first line is the password),
 #              OVIRT_USERNAME (default admin@internal), OVIRT_CAFILE (the engine's CA, PEM).
 set -euo pipefail

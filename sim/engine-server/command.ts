@@ -2,7 +2,7 @@
  * `imageio-nbd engine-server`: run the fake oVirt engine until SIGINT or SIGTERM. Once it
  * listens, stdout has the API URL on its first line, then one line per object a client needs:
  *   storage_domain=data
- *   host=host1 id=... hardware_uuid=... status=up
+ *   host=host1 id=... hardware_uuid=... vdsm_id=... status=up
  *   disk=ID name=disk1 size=1073741824            (one per --disk)
  */
 import { promises as fsp } from 'node:fs';
@@ -10,7 +10,7 @@ import yargs from 'yargs';
 import { parseSize } from '../../src/core/size';
 import { createLogger } from '../../src/core/log';
 import { readTlsFiles, untilStopSignal } from '../subcommand';
-import { readHardwareId } from '../../src/engine/placement';
+import { readVdsmId, VDSM_ID_FILE } from '../../src/engine/placement';
 import { EngineControlServer } from './control';
 import { FakeEngine, type FakeHostSpec } from './fake-engine';
 
@@ -26,7 +26,7 @@ export async function runEngineServerCommand(argv: string[]): Promise<number> {
           'password from --password-file (default: "password").',
       )
       .option('hosts', { type: 'number', default: 3, describe: 'number of hosts (host1, host2, ...)' })
-      .option('local-host', { type: 'number', describe: "give host N this machine's hardware id, as if imageio-nbd ran on it" })
+      .option('local-host', { type: 'number', describe: "give host N this machine's vdsm id (/etc/vdsm/vdsm.id, or the file IMAGEIO_NBD_VDSM_ID_FILE names), as if imageio-nbd ran on it" })
       .option('disk', { type: 'string', array: true, describe: 'create an empty disk of this size (repeatable)' })
       .option('storage-domain', { type: 'string', default: 'data', describe: 'name of the storage domain' })
       .option('dir', { type: 'string', describe: 'directory for disk images and sockets (default: a temporary one, removed at exit)' })
@@ -35,6 +35,7 @@ export async function runEngineServerCommand(argv: string[]): Promise<number> {
       .option('tls-cert', { type: 'string', describe: 'PEM certificate: the engine and the hosts serve HTTPS' })
       .option('tls-key', { type: 'string', describe: 'PEM private key' })
       .option('username', { type: 'string', default: 'admin@internal', describe: 'the one user' })
+      .option('ordinary-user', { type: 'boolean', default: false, describe: 'the user is not an administrator: it cannot list image transfers, and sees no host or data center' })
       .option('password-file', { type: 'string', describe: "file whose first line is the user's password" })
       .option('control', { type: 'string', describe: 'unix socket for the control service (faults, state)' })
       .option('v', { type: 'count', describe: 'more logging (-v debug)' })
@@ -65,9 +66,10 @@ export async function runEngineServerCommand(argv: string[]): Promise<number> {
   try {
     const hosts: FakeHostSpec[] = Array.from({ length: args.hosts }, (_, i) => ({ name: `host${i + 1}` }));
     if (args['local-host'] !== undefined) {
-      const id = readHardwareId();
-      if (!id) throw new Error("--local-host: cannot read this machine's hardware id (/sys/class/dmi/id/product_uuid is readable by root only)");
-      hosts[args['local-host'] - 1].hardwareUuid = id;
+      const file = process.env.IMAGEIO_NBD_VDSM_ID_FILE || VDSM_ID_FILE;
+      const id = readVdsmId(file);
+      if (!id) throw new Error(`--local-host: cannot read this machine's vdsm id from ${file} (not an oVirt host?)`);
+      hosts[args['local-host'] - 1].vdsmId = id;
     }
     const password = args['password-file'] ? (await fsp.readFile(args['password-file'], 'utf8')).split('\n')[0].replace(/\r$/, '') : undefined;
     const tls = await readTlsFiles(args['tls-cert'], args['tls-key']);
@@ -79,6 +81,7 @@ export async function runEngineServerCommand(argv: string[]): Promise<number> {
       tcp: { port: args.port, host: args.address },
       username: args.username,
       password,
+      admin: !args['ordinary-user'],
       storageDomain: args['storage-domain'],
       logger,
     });
@@ -103,7 +106,7 @@ export async function runEngineServerCommand(argv: string[]): Promise<number> {
     [
       engine.apiUrl,
       `storage_domain=${st.storageDomain.name}`,
-      ...st.hosts.map((h) => `host=${h.name} id=${h.id} hardware_uuid=${h.hardwareUuid} status=${h.status}`),
+      ...st.hosts.map((h) => `host=${h.name} id=${h.id} hardware_uuid=${h.hardwareUuid} vdsm_id=${h.vdsmId} status=${h.status}`),
       ...lines,
     ].join('\n') + '\n',
   );

@@ -2,7 +2,8 @@
  * A control service on a unix socket, so tests and scripts can steer a fake engine running in
  * another process (curl --unix-socket SOCKET http://x/ROUTE):
  *   GET  /state                      disks, transfers, hosts, login counters, requests
- *   POST /faults                     {"stuckInitializing"?, "finalizeFails"?, "unreachableTransferUrl"?: bool}
+ *   POST /faults                     {"stuckInitializing"?, "finalizeFails"?, "unreachableTransferUrl"?,
+ *                                     "loseFinalizeResponse"?, "noTimeoutPolicy"?: bool, "finalizeDelayMs"?: ms}
  *   POST /tokens/expire              the next API request gets 401
  *   POST /hosts/NAME/status          {"status": "non_responsive" | "up" | ...}
  *   POST /transfers/pause            every transferring transfer becomes paused_system
@@ -37,7 +38,8 @@ export class EngineControlServer {
     if (method === 'POST' && url === '/faults') {
       for (const key of Object.keys(body)) {
         if (!(key in e.faults)) throw new Error(`unknown fault ${key}`);
-        (e.faults as unknown as Record<string, boolean>)[key] = Boolean(body[key]);
+        const faults = e.faults as unknown as Record<string, boolean | number>;
+        faults[key] = typeof faults[key] === 'number' ? Number(body[key]) : Boolean(body[key]);
       }
       return { ...e.faults } satisfies EngineFaults;
     }

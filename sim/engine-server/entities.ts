@@ -37,8 +37,15 @@ export interface StorageDomainState {
 export interface HostState {
   id: string;
   name: string;
-  /** hardware_information.uuid */
+  /** hardware_information.uuid: the SMBIOS UUID (HostMapper.map: entity.getHardwareUUID()). */
   hardwareUuid: string;
+  /**
+   * vdsm's unique id, the content of /etc/vdsm/vdsm.id: what the `hw_id` search matches
+   * (ovirt-engine searchbackend VdsConditionFieldAutoCompleter: HW_ID -> vds_unique_id). Host
+   * deploy writes a random one when the SMBIOS UUID is missing or shared, so it is its own value
+   * here. Not in the host's JSON.
+   */
+  vdsmId: string;
   /** HostStatus: up, non_responsive, maintenance... */
   status: string;
   clusterId: string;
@@ -65,11 +72,14 @@ export interface TransferState {
   ticket: string;
   diskId: string;
   hostId: string;
+  /** The host the client asked for; undefined when the engine chose. */
+  requestedHostId?: string;
   direction: 'upload' | 'download';
   format: string;
   phase: string;
   inactivityTimeout: number;
-  timeoutPolicy: string;
+  /** legacy, pause or cancel; undefined on an engine before 4.4.5, which does not know it. */
+  timeoutPolicy?: string;
   transferUrl?: string;
   proxyUrl?: string;
   /** Bytes the host's imageio moved for this transfer. */
@@ -78,6 +88,8 @@ export interface TransferState {
   active: boolean;
   createdAt: number;
   finishedAt?: number;
+  /** Counts phase changes, so a handler runs only for the phase it was scheduled for. */
+  seq?: number;
 }
 
 const link = (kind: string, id: string) => ({ href: `${API}/${kind}/${id}`, id });
@@ -182,8 +194,12 @@ export function diskJson(d: DiskState, actualSize: number) {
   };
 }
 
-/** types/ImageTransfer.java; transfer_url and proxy_url only once the session is up. */
-export function transferJson(t: TransferState, disk: DiskState | undefined) {
+/**
+ * types/ImageTransfer.java, as ovirt-engine's ImageTransferMapper.map renders it: the disk as
+ * `image: {id: DISK_ID}` (the disk's id, in the deprecated `image` link; there is no `disk`
+ * link), `host` once a host was chosen, transfer_url and proxy_url once the ticket is on the host.
+ */
+export function transferJson(t: TransferState) {
   const base = `${API}/imagetransfers/${t.id}`;
   return {
     active: s(t.active),
@@ -193,13 +209,12 @@ export function transferJson(t: TransferState, disk: DiskState | undefined) {
     phase: t.phase,
     ...(t.proxyUrl ? { proxy_url: t.proxyUrl } : {}),
     shallow: 'false',
-    timeout_policy: t.timeoutPolicy,
+    ...(t.timeoutPolicy !== undefined ? { timeout_policy: t.timeoutPolicy } : {}),
     ...(t.transferUrl ? { transfer_url: t.transferUrl } : {}),
     transferred: s(t.transferred),
     actions: actions(base, ['resume', 'cancel', 'finalize', 'pause', 'extend']),
-    disk: link('disks', t.diskId),
     host: link('hosts', t.hostId),
-    ...(disk ? { image: { id: disk.imageId } } : {}),
+    image: { id: t.diskId },
     href: base,
     id: t.id,
   };

@@ -10,23 +10,34 @@
  *   hosts/{id}; GET imagetransfers, imagetransfers/{id}; POST imagetransfers;
  *   POST imagetransfers/{id}/finalize|cancel|pause|resume|extend
  *
- * The transfer lifecycle follows ovirt-engine's TransferDiskImageCommand (4.5): a new transfer
- * is `initializing`, locks its disk, installs an imageio ticket on its host and becomes
- * `transferring` with transfer_url and proxy_url; finalize goes finalizing_success ->
- * (ticket removed, upload verified) -> finished_success with the disk `ok`; cancel goes
- * cancelled_user -> finalizing_cleanup -> finished_cleanup -> finished_failure, and a failed or
- * cancelled upload removes its disk (endWithFailure). Finished transfers stay listed for a
- * while (engines from 4.4.7 keep them). A transfer whose ticket saw no imageio activity for
- * longer than inactivity_timeout is handled by its timeout_policy: legacy pauses an upload
- * (paused_system) and cancels a download. Each step runs `stepMs` after the previous one.
+ * The transfer lifecycle follows ovirt-engine's TransferDiskImageCommand (4.5,
+ * backend/manager/modules/bll/.../storage/disk/image/TransferDiskImageCommand.java): the phase
+ * alone drives it, one handler per phase (executeStateHandler), each `stepMs` after the phase
+ * was entered. A new transfer is `initializing`, locks its disk, installs an imageio ticket on
+ * its host and becomes `transferring` with transfer_url and proxy_url. finalizing_success:
+ * ticket removed, upload verified -> finished_success with the disk `ok` (handleFinalizingSuccess,
+ * endSuccessfully). cancelled_user -> finalizing_cleanup -> finished_cleanup -> finished_failure;
+ * cancelled_system -> finalizing_failure -> finished_failure (handleCancelledUser/System,
+ * cleanup, handleFinishedCleanup). Every upload that ends in finished_failure has its disk
+ * removed, also a disk that existed before (endWithFailure runs RemoveDisk for every upload).
+ * finalize and cancel are accepted (200) in any phase and change a phase that is not finished
+ * (TransferImageStatusCommand.validate checks only resume and pause; ImageTransferUpdater
+ * ignores changes of a finished phase: ImageTransferPhase.isValidTransition), so a cancel sent
+ * while finalizing turns a success into a failure, as it does on the real engine. Finished
+ * transfers stay listed for a while (engines from 4.4.7 keep them). A transfer whose ticket saw
+ * no imageio activity for longer than inactivity_timeout is handled by its timeout_policy
+ * (stopTransferIfNecessary): legacy pauses an upload (paused_system) and cancels a download,
+ * pause pauses, cancel cancels (cancelled_system; an upload's disk is then removed).
  *
  * Faults (`faults`, or the control socket): transfers stuck in initializing, finalize failing
- * (the upload does not verify), transfer_url unreachable (only proxy_url works), tokens
- * expiring (the next API request gets 401), a host going down (its imageio drops every
- * connection and its transfers are paused, or cancelled for downloads), and pausing transfers
- * as the engine does.
+ * (the upload does not verify), finalizing taking long, the answer to a finalize lost (the
+ * finalize is done, the connection dropped), an engine before 4.4.5 (no timeout_policy),
+ * transfer_url unreachable (only proxy_url works), tokens expiring (the next API request gets
+ * 401), a host going down (its imageio drops every connection and its transfers are paused, or
+ * cancelled for downloads), and pausing transfers as the engine does. `admin: false` makes the
+ * user an ordinary one (see route()).
  *
- * Not modelled: the rest of the API and its XML form, permissions and users other than one,
+ * Not modelled: the rest of the API and its XML form, roles and permissions beyond admin or not,
  * the search language beyond key=value terms, VMs, snapshots, backups, several data centers or
  * storage domains, block storage (initial_size is ignored), qcow2 (every disk is a raw file
  * whatever its format), image verification, ticket expiry and extension, one imageio port per
@@ -67,6 +78,8 @@ export interface FakeHostSpec {
   name: string;
   /** hardware_information.uuid; default a random UUID. */
   hardwareUuid?: string;
+  /** vdsm's unique id (/etc/vdsm/vdsm.id, the `hw_id` search); default another random UUID. */
+  vdsmId?: string;
   /** Default 'up'. */
   status?: string;
 }
@@ -84,6 +97,12 @@ export interface FakeEngineOptions {
   username?: string;
   /** Default "password". */
   password?: string;
+  /**
+   * Default true. false: the user is an ordinary user with disk permissions (e.g. DiskCreator
+   * on the storage domain): GET /imagetransfers is refused (GetAllImageTransfers is an admin
+   * query: QueryType.java), and data centers and hosts are filtered to none.
+   */
+  admin?: boolean;
   /** Default "Default". */
   dataCenter?: string;
   /** Default "data". */
@@ -104,12 +123,24 @@ export interface EngineFaults {
   finalizeFails: boolean;
   /** transfer_url names a port nobody listens on; proxy_url works. */
   unreachableTransferUrl: boolean;
+  /** finalizing_success lasts this much longer (ms): a slow verification or teardown. */
+  finalizeDelayMs: number;
+  /** The next finalize is carried out, but its answer is lost: the connection is dropped. */
+  loseFinalizeResponse: boolean;
+  /** An engine before 4.4.5: timeout_policy is unknown, skipped on input and absent from the JSON. */
+  noTimeoutPolicy: boolean;
+  /**
+   * The user may create transfers but not act on them: TransferImageStatusCommand (finalize,
+   * cancel, pause, resume, extend) checks CREATE_DISK on the system object when no storage
+   * domain is given (getPermissionCheckSubjects), and refuses with 403.
+   */
+  actionsNotPermitted: boolean;
 }
 
 export interface FakeEngineState {
   disks: DiskState[];
   transfers: TransferState[];
-  hosts: Array<Pick<HostState, 'id' | 'name' | 'status' | 'hardwareUuid'>>;
+  hosts: Array<Pick<HostState, 'id' | 'name' | 'status' | 'hardwareUuid' | 'vdsmId'>>;
   storageDomain: { id: string; name: string };
   logins: number;
   failedLogins: number;
@@ -120,10 +151,12 @@ export interface FakeEngineState {
   requests: string[];
 }
 
-/** Phases a transfer ends in. */
+/** Phases a transfer ends in (ImageTransferPhase.isFinished). */
 const FINISHED = new Set(['finished_success', 'finished_failure']);
 /** Phases in which the engine is already ending the transfer. */
 const ENDING = new Set(['cancelled_user', 'cancelled_system', 'finalizing_success', 'finalizing_failure', 'finalizing_cleanup', 'finished_cleanup']);
+/** Transfer phases in which the engine checks the ticket for inactivity (handleTransferring). */
+const POLLED = new Set(['transferring']);
 const MAX_BODY = 1 << 20;
 /** The request log keeps the latest requests only (engine-server may run for a long time). */
 const MAX_REQUESTS_KEPT = 10_000;
@@ -139,10 +172,20 @@ class Fault extends Error {
 }
 
 type Json = Record<string, unknown>;
-type Answer = { status: number; body?: unknown; headers?: Record<string, string> };
+/** drop: send nothing and close the connection (a lost answer). */
+type Answer = { status: number; body?: unknown; headers?: Record<string, string>; drop?: boolean };
 
 export class FakeEngine {
-  readonly faults: EngineFaults = { stuckInitializing: false, finalizeFails: false, unreachableTransferUrl: false };
+  readonly faults: EngineFaults = {
+    stuckInitializing: false,
+    finalizeFails: false,
+    unreachableTransferUrl: false,
+    finalizeDelayMs: 0,
+    loseFinalizeResponse: false,
+    noTimeoutPolicy: false,
+    actionsNotPermitted: false,
+  };
+  readonly admin: boolean;
   readonly username: string;
   readonly password: string;
   readonly dir: string;
@@ -174,6 +217,7 @@ export class FakeEngine {
   constructor(private readonly opts: FakeEngineOptions = {}) {
     this.username = opts.username ?? 'admin@internal';
     this.password = opts.password ?? 'password';
+    this.admin = opts.admin ?? true;
     this.log = opts.logger ?? silentLogger();
     this.stepMs = opts.stepMs ?? 100;
     this.monitorMs = opts.monitorMs ?? 250;
@@ -189,7 +233,15 @@ export class FakeEngine {
     this.hosts = specs.map((s, i) => {
       const dir = path.join(this.dir, `h${i + 1}`);
       mkdirSync(dir, { recursive: true });
-      return { id: randomUUID(), name: s.name, hardwareUuid: s.hardwareUuid ?? randomUUID(), status: s.status ?? 'up', clusterId: this.cluster.id, dir };
+      return {
+        id: randomUUID(),
+        name: s.name,
+        hardwareUuid: s.hardwareUuid ?? randomUUID(),
+        vdsmId: s.vdsmId ?? randomUUID(),
+        status: s.status ?? 'up',
+        clusterId: this.cluster.id,
+        dir,
+      };
     });
   }
 
@@ -260,7 +312,8 @@ export class FakeEngine {
   /**
    * A host changes status. A host that is no longer up loses its imageio sessions (every
    * connection drops) and the engine stops its transfers: uploads paused_system, downloads
-   * cancelled (as when the engine cannot reach the ticket: TRANSFER_IMAGE_STOPPED_BY_SYSTEM_MISSING_TICKET).
+   * cancelled_system (pollTransferStatus cannot get the ticket:
+   * updateEntityPhaseToStoppedBySystem(TRANSFER_IMAGE_STOPPED_BY_SYSTEM_MISSING_TICKET)).
    */
   setHostStatus(name: string, status: string): void {
     const h = this.hosts.find((x) => x.name === name);
@@ -270,8 +323,7 @@ export class FakeEngine {
     for (const t of this.transfers.values()) {
       if (t.hostId !== h.id || FINISHED.has(t.phase) || ENDING.has(t.phase)) continue;
       void this.endSession(t);
-      if (t.direction === 'upload') t.phase = 'paused_system';
-      else this.cancelFlow(t, 'system');
+      this.stoppedBySystem(t);
     }
   }
 
@@ -296,7 +348,7 @@ export class FakeEngine {
     return {
       disks: [...this.disks.values()].map((d) => ({ ...d })),
       transfers: [...this.transfers.values()].map((t) => ({ ...t })),
-      hosts: this.hosts.map((h) => ({ id: h.id, name: h.name, status: h.status, hardwareUuid: h.hardwareUuid })),
+      hosts: this.hosts.map((h) => ({ id: h.id, name: h.name, status: h.status, hardwareUuid: h.hardwareUuid, vdsmId: h.vdsmId })),
       storageDomain: { id: this.sd.id, name: this.sd.name },
       ...this.counters,
       requests: [...this.requests],
@@ -345,6 +397,10 @@ export class FakeEngine {
         this.log.error({ err }, 'fake engine: request failed');
         answer = { status: 500, body: faultJson('Internal Server Error', (err as Error).message) };
       }
+    }
+    if (answer.drop) {
+      res.socket?.destroy();
+      return;
     }
     const text = answer.body === undefined ? '' : typeof answer.body === 'string' ? answer.body : JSON.stringify(answer.body, null, 2);
     res.writeHead(answer.status, {
@@ -419,10 +475,12 @@ export class FakeEngine {
       case 'GET storagedomains/{id}':
         if (id !== this.sd.id) throw notFound(id);
         return ok(this.sdJson());
+      // An ordinary user sees only objects with a permission for it (the query runs filtered:
+      // QueriesCommandBase.validatePermissions); here none, for data centers and hosts.
       case 'GET datacenters':
-        return ok(collection('data_center', filtered([this.dc], { name: (d) => d.name }).map(dataCenterJson)));
+        return ok(collection('data_center', this.admin ? filtered([this.dc], { name: (d) => d.name }).map(dataCenterJson) : []));
       case 'GET datacenters/{id}':
-        if (id !== this.dc.id) throw notFound(id);
+        if (id !== this.dc.id || !this.admin) throw notFound(id);
         return ok(dataCenterJson(this.dc));
       case 'GET clusters/{id}':
         if (id !== this.cluster.id) throw notFound(id);
@@ -431,30 +489,52 @@ export class FakeEngine {
         return ok(
           collection(
             'host',
-            filtered(this.hosts, {
+            filtered(this.admin ? this.hosts : [], {
               name: (h) => h.name,
               status: (h) => h.status,
               datacenter: () => this.dc.name,
               cluster: () => this.cluster.name,
-              hw_id: (h) => h.hardwareUuid,
+              // searchbackend VdsConditionFieldAutoCompleter: HW_ID is the column vds_unique_id.
+              hw_id: (h) => h.vdsmId,
             }).map(hostJson),
           ),
         );
       case 'GET hosts/{id}':
+        if (!this.admin) throw notFound(id);
         return ok(hostJson(this.host(id)));
       case 'GET imagetransfers':
-        return ok(collection('image_transfer', [...this.transfers.values()].map((t) => transferJson(t, this.disks.get(t.diskId)))));
+        // GetAllImageTransfers is QueryAuthType.Admin (QueryType.java): a filtered query of an
+        // ordinary user fails the permission check, which the REST layer answers with 400.
+        if (!this.admin) throw new Fault(400, 'Operation Failed', 'Query execution failed due to insufficient permissions.');
+        return ok(collection('image_transfer', [...this.transfers.values()].map((t) => transferJson(t))));
       case 'GET imagetransfers/{id}':
-        return ok(transferJson(this.transfer(id), this.disks.get(this.transfer(id).diskId)));
+        return ok(transferJson(this.transfer(id)));
       case 'POST imagetransfers':
         return this.createTransfer(body ?? {});
       case 'POST imagetransfers/{id}/finalize':
       case 'POST imagetransfers/{id}/cancel':
       case 'POST imagetransfers/{id}/pause':
       case 'POST imagetransfers/{id}/resume':
-      case 'POST imagetransfers/{id}/extend':
-        this.transferAction(this.transfer(id), action);
+      case 'POST imagetransfers/{id}/extend': {
+        // A failed action answers the action itself with the fault nested in it
+        // (restapi AbstractBackendActionableResource.handleError/actionFailure):
+        // {"status": "failed", "fault": {"reason", "detail"}}.
+        // An action on a transfer that is gone succeeds too (TransferImageStatusCommand
+        // answers a missing entity with phase UNKNOWN, not an error).
+        try {
+          if (this.faults.actionsNotPermitted) throw new Fault(403, 'Operation Failed', '[User is not authorized to perform this action.]');
+          const t = this.transfers.get(id);
+          if (t) this.transferAction(t, action);
+        } catch (err) {
+          if (err instanceof Fault) return { status: err.status, body: { status: 'failed', fault: faultJson(err.reason, err.detail) } };
+          throw err;
+        }
+        if (action === 'finalize' && this.faults.loseFinalizeResponse) {
+          this.faults.loseFinalizeResponse = false;
+          return { status: 0, drop: true };
+        }
         return ok({ status: 'complete' });
+      }
       default:
         throw new Fault(404, 'Not Found', `${method} ${API}/${p.join('/')} is not served by this fake engine`);
     }
@@ -506,7 +586,23 @@ export class FakeEngine {
     const format = String(b.format ?? 'raw');
     if (format !== 'raw' && format !== 'cow') throw new Fault(400, 'Invalid value', `Invalid value '${format}' for parameter 'format'`);
     const name = String(b.name ?? b.alias ?? `disk${this.disks.size + 1}`);
-    const d = this.newDisk(name, size, format, String(b.sparse ?? 'true') === 'true');
+    // Without `sparse` the disk is thin: DiskMapper sets the volume type only when sparse is
+    // given, and DiskImageBase starts as VolumeType.Sparse.
+    const sparse = String(b.sparse ?? 'true') === 'true';
+    const backup = String(b.backup ?? 'none');
+    // AddDiskCommand.checkImageConfiguration -> ImagesHandler.checkImageConfiguration: COW
+    // preallocated only for incremental backup, RAW never for incremental backup (and RAW
+    // sparse not on block storage, which this fake does not have).
+    if ((format === 'cow' && !sparse && backup !== 'incremental') || (format === 'raw' && backup === 'incremental')) {
+      const volumeType = sparse ? 'Sparse' : 'Preallocated';
+      const backupName = backup === 'incremental' ? 'Incremental' : 'None';
+      throw new Fault(
+        409,
+        'Operation Failed',
+        `[Cannot add Virtual Disk. Disk configuration (${format.toUpperCase()} ${volumeType} backup-${backupName}) is incompatible with the storage domain type.]`,
+      );
+    }
+    const d = this.newDisk(name, size, format, sparse);
     this.later(() => {
       if (d.status === 'locked' && this.disks.has(d.id)) d.status = 'ok';
     });
@@ -546,7 +642,7 @@ export class FakeEngine {
 
   /** POST imagetransfers (TransferDiskImageCommand.validate, then executeCommand). */
   private createTransfer(b: Json): Answer {
-    const diskId = (b.disk as Json | undefined)?.id;
+    const diskId = (b.disk as Json | undefined)?.id ?? (b.image as Json | undefined)?.id;
     if (typeof diskId !== 'string') throw new Fault(400, 'Incomplete parameters', 'ImageTransfer [disk.id|snapshot.id] required for add');
     const disk = this.disks.get(diskId);
     if (!disk) throw new Fault(404, 'Operation Failed', `Entity not found: ${diskId}`);
@@ -562,47 +658,94 @@ export class FakeEngine {
       host = this.host(hostId);
       if (host.status !== 'up') throw new Fault(409, 'Operation Failed', `[Cannot transfer Virtual Disk. Host ${host.name} is not in status Up.]`);
     } else {
-      host = this.hosts.find((h) => h.status === 'up');
-      if (!host) throw new Fault(409, 'Operation Failed', '[Cannot transfer Virtual Disk. There is no active Host in the Data Center.]');
+      // No host: a random up host of the data center that sees the storage domain
+      // (TransferDiskImageCommand.checkForActiveVds -> VdsCommandsHelper.getHostForExecution).
+      // Every up host here is in the one data center and sees the one domain.
+      const up = this.hosts.filter((h) => h.status === 'up');
+      if (up.length === 0) throw new Fault(409, 'Operation Failed', '[Cannot transfer Virtual Disk. There is no active Host in the Data Center.]');
+      host = up[Math.floor(Math.random() * up.length)];
     }
     const inactivity = b.inactivity_timeout === undefined ? 60 : Number(b.inactivity_timeout);
     if (!Number.isSafeInteger(inactivity) || inactivity < 0) throw new Fault(400, 'Invalid value', `Invalid value '${String(b.inactivity_timeout)}' for parameter 'inactivity_timeout'`);
+    // Engines from 4.4.5 default to legacy (executeCommand); older ones skip the unknown
+    // member, as the generated JSON readers skip every unknown member (ovirt-engine-api-metamodel
+    // JsonSupportGenerator: `default: reader.skip()`).
+    let timeoutPolicy: string | undefined;
+    if (!this.faults.noTimeoutPolicy) {
+      timeoutPolicy = String(b.timeout_policy ?? 'legacy');
+      if (!['legacy', 'pause', 'cancel'].includes(timeoutPolicy)) throw new Fault(400, 'Invalid value', `Invalid value '${timeoutPolicy}' for parameter 'timeout_policy'`);
+    }
     const t: TransferState = {
       id: randomUUID(),
       ticket: randomUUID(),
       diskId: disk.id,
       hostId: host.id,
+      requestedHostId: typeof hostId === 'string' ? hostId : undefined,
       direction,
       format: String(b.format ?? disk.format),
       phase: 'initializing',
       inactivityTimeout: inactivity,
-      timeoutPolicy: String(b.timeout_policy ?? 'legacy'),
+      timeoutPolicy,
       transferred: 0,
       active: false,
       createdAt: Date.now(),
     };
     this.transfers.set(t.id, t);
     disk.status = 'locked';
-    this.later(() => this.beginSession(t));
-    return { status: 201, body: transferJson(t, disk), headers: { location: `${API}/imagetransfers/${t.id}` } };
+    this.enter(t, 'initializing');
+    return { status: 201, body: transferJson(t), headers: { location: `${API}/imagetransfers/${t.id}` } };
+  }
+
+  /**
+   * The transfer enters `phase`; its handler runs one step later if the phase is still the
+   * same then (the engine's callback runs the handler of the phase it finds:
+   * TransferDiskImageCommand.executeStateHandler).
+   */
+  private enter(t: TransferState, phase: string, extraMs = 0): void {
+    t.phase = phase;
+    const seq = (t.seq = (t.seq ?? 0) + 1);
+    this.later(async () => {
+      if (t.seq !== seq || t.phase !== phase) return;
+      await this.handlePhase(t);
+    }, extraMs);
+  }
+
+  private async handlePhase(t: TransferState): Promise<void> {
+    switch (t.phase) {
+      case 'initializing':
+        return this.beginSession(t);
+      case 'resuming':
+        return this.enter(t, 'transferring');
+      case 'cancelled_user':
+        return this.enter(t, 'finalizing_cleanup');
+      case 'cancelled_system':
+        return this.enter(t, 'finalizing_failure');
+      case 'finalizing_success':
+        return this.finalizingSuccess(t);
+      case 'finalizing_failure':
+        await this.cleanup(t);
+        return this.endWithFailure(t);
+      case 'finalizing_cleanup':
+        await this.cleanup(t);
+        if (t.phase === 'finalizing_cleanup') this.enter(t, 'finished_cleanup');
+        return;
+      case 'finished_cleanup':
+        return this.endWithFailure(t);
+    }
   }
 
   /** initializing -> transferring: install the ticket on the host (start its imageio). */
   private async beginSession(t: TransferState): Promise<void> {
-    if (t.phase !== 'initializing' || this.faults.stuckInitializing) return;
+    if (this.faults.stuckInitializing) return;
     const host = this.host(t.hostId);
     const disk = this.disks.get(t.diskId);
-    if (host.status !== 'up' || !disk) {
-      t.phase = t.direction === 'upload' ? 'paused_system' : 'cancelled_system';
-      return;
-    }
+    if (host.status !== 'up' || !disk) return this.stoppedBySystem(t);
     let session: Session;
     try {
       session = await startSession(host, t, disk, { tls: this.opts.tls, logger: this.log });
     } catch (err) {
       this.log.error({ err }, 'fake engine: cannot start imageio for a transfer');
-      t.phase = 'paused_system';
-      return;
+      return this.stoppedBySystem(t);
     }
     if (this.closed || t.phase !== 'initializing') {
       await stopSession(session);
@@ -617,6 +760,12 @@ export class FakeEngine {
     t.phase = 'transferring';
   }
 
+  /** updateEntityPhaseToStoppedBySystem: an upload is paused, a download cancelled. */
+  private stoppedBySystem(t: TransferState): void {
+    if (t.direction === 'upload') t.phase = 'paused_system';
+    else this.enter(t, 'cancelled_system');
+  }
+
   private async endSession(t: TransferState): Promise<void> {
     const s = this.sessions.get(t.id);
     t.active = false;
@@ -625,70 +774,55 @@ export class FakeEngine {
     await stopSession(s);
   }
 
+  /**
+   * POST imagetransfers/{id}/ACTION (BackendImageTransferResource: each one is a
+   * TransferImageStatus command setting a phase). Validation refuses only resuming a transfer
+   * that is not paused and pausing a download; a phase change of a finished transfer is
+   * ignored (ImageTransferUpdater.updateEntity), the answer is still 200.
+   */
   private transferAction(t: TransferState, action: string): void {
-    const refuse = () => {
-      throw new Fault(409, 'Operation Failed', `[Cannot ${action} image transfer ${t.id}: its phase is ${t.phase}.]`);
-    };
+    if (action === 'resume' && t.phase !== 'paused_user' && t.phase !== 'paused_system') {
+      throw new Fault(409, 'Operation Failed', '[Cannot resume image transfer. The transfer is not paused.]');
+    }
+    if (action === 'pause' && t.direction === 'download') {
+      throw new Fault(409, 'Operation Failed', '[Cannot pause image transfer. Pausing a download is not supported.]');
+    }
+    if (FINISHED.has(t.phase)) return;
     switch (action) {
       case 'finalize':
-        if (t.phase !== 'transferring' && t.phase !== 'paused_user') refuse();
-        this.finalizeFlow(t);
-        return;
+        return this.enter(t, 'finalizing_success', this.faults.finalizeDelayMs);
       case 'cancel':
-        if (FINISHED.has(t.phase) || ENDING.has(t.phase)) refuse();
-        this.cancelFlow(t, 'user');
-        return;
+        return this.enter(t, 'cancelled_user');
       case 'pause':
-        if (t.phase !== 'transferring') refuse();
         t.phase = 'paused_user';
         return;
       case 'resume':
-        if (t.phase !== 'paused_user' && t.phase !== 'paused_system') refuse();
-        if (!this.sessions.has(t.id)) refuse();
-        t.phase = 'resuming';
-        this.later(() => {
-          if (t.phase === 'resuming') t.phase = 'transferring';
-        });
-        return;
+        if (!this.sessions.has(t.id)) return; // the host lost the ticket: it stays paused
+        return this.enter(t, 'resuming');
       case 'extend':
         return;
     }
   }
 
-  /** finalizing_success -> (ticket removed, upload verified) -> finished_success, disk ok. */
-  private finalizeFlow(t: TransferState): void {
-    t.phase = 'finalizing_success';
-    this.later(async () => {
-      await this.endSession(t);
-      const disk = this.disks.get(t.diskId);
-      if (this.faults.finalizeFails && t.direction === 'upload') {
-        t.phase = 'finalizing_failure';
-        if (disk) disk.status = 'illegal';
-        this.later(() => this.endWithFailure(t));
-        return;
-      }
-      if (disk) disk.status = 'ok';
-      t.phase = 'finished_success';
-      t.finishedAt = Date.now();
-    });
+  /** handleFinalizingSuccess: remove the ticket, verify an upload; then endSuccessfully, or finalizing_failure. */
+  private async finalizingSuccess(t: TransferState): Promise<void> {
+    await this.endSession(t);
+    const disk = this.disks.get(t.diskId);
+    if (t.phase !== 'finalizing_success') return;
+    if (this.faults.finalizeFails && t.direction === 'upload') {
+      if (disk) disk.status = 'illegal';
+      return this.enter(t, 'finalizing_failure');
+    }
+    if (disk) disk.status = 'ok';
+    t.phase = 'finished_success';
+    t.finishedAt = Date.now();
   }
 
-  /**
-   * By the user: cancelled_user -> finalizing_cleanup -> finished_cleanup -> finished_failure.
-   * By the system: cancelled_system -> finalizing_failure -> finished_failure.
-   */
-  private cancelFlow(t: TransferState, by: 'user' | 'system'): void {
-    t.phase = by === 'user' ? 'cancelled_user' : 'cancelled_system';
-    this.later(async () => {
-      t.phase = by === 'user' ? 'finalizing_cleanup' : 'finalizing_failure';
-      await this.endSession(t);
-      const disk = this.disks.get(t.diskId);
-      if (disk) disk.status = t.direction === 'upload' ? 'illegal' : 'ok';
-      this.later(() => {
-        if (by === 'user') t.phase = 'finished_cleanup';
-        this.later(() => this.endWithFailure(t));
-      });
-    });
+  /** cleanup(): remove the ticket; an upload's disk becomes illegal, a download's ok again. */
+  private async cleanup(t: TransferState): Promise<void> {
+    await this.endSession(t);
+    const disk = this.disks.get(t.diskId);
+    if (disk) disk.status = t.direction === 'upload' ? 'illegal' : 'ok';
   }
 
   /** endWithFailure: a failed upload removes its disk (also a disk that existed before). */
@@ -703,9 +837,11 @@ export class FakeEngine {
   }
 
   /**
-   * The engine's monitoring: a ticket idle (no request started or finished, none in flight)
-   * for longer than inactivity_timeout stops the transfer per its timeout_policy
-   * (TransferDiskImageCommand.stopTransferIfNecessary).
+   * The engine's monitoring of a transferring ticket (pollTransferStatus ->
+   * stopTransferIfNecessary): a ticket idle (imageio's idle_time: no operation running and
+   * none completed, and no OPTIONS, for longer than inactivity_timeout) is stopped per its
+   * timeout_policy. imageio counts OPTIONS as activity ("Accessing ticket options considered as
+   * client activity": ovirt-imageio handlers/images.py, ticket.touch()).
    */
   private checkTransfers(): void {
     const now = Date.now();
@@ -717,26 +853,36 @@ export class FakeEngine {
         continue;
       }
       const s = this.sessions.get(t.id);
-      if (t.phase !== 'transferring' || !s) continue;
+      if (!POLLED.has(t.phase) || !s) continue;
       const st = s.server.stats();
       const count = (r: Record<string, number>, keys: string[]) => keys.reduce((n, k) => n + (r[k] ?? 0), 0);
       const received = count(st.methods, ['GET', 'PUT', 'PATCH', 'OPTIONS']);
       const answered = Object.values(st.statuses).reduce((n, v) => n + v, 0);
-      const sig = count(st.methods, ['GET', 'PUT', 'PATCH']) + count(st.ops, ['read', 'write', 'zero', 'flush']);
+      const sig = count(st.methods, ['GET', 'PUT', 'PATCH', 'OPTIONS']) + count(st.ops, ['read', 'write', 'zero', 'flush']);
       t.active = received > answered;
       t.transferred = t.direction === 'upload' ? st.bytesWritten : st.bytesRead;
       const a = this.activity.get(t.id) ?? { sig: -1, at: now };
       if (a.sig !== sig || t.active) this.activity.set(t.id, { sig, at: now });
       else if (t.inactivityTimeout > 0 && now - a.at > t.inactivityTimeout * 1000) {
-        this.log.debug({ transfer: t.id, idleMs: now - a.at }, 'fake engine: transfer inactive');
-        if (t.timeoutPolicy === 'cancel' || (t.timeoutPolicy === 'legacy' && t.direction === 'download')) this.cancelFlow(t, 'system');
-        else t.phase = 'paused_system';
+        this.log.debug({ transfer: t.id, idleMs: now - a.at, policy: t.timeoutPolicy }, 'fake engine: transfer inactive');
+        switch (t.timeoutPolicy ?? 'legacy') {
+          case 'legacy':
+            if (t.direction === 'download') this.enter(t, 'cancelled_system');
+            else t.phase = 'paused_system';
+            break;
+          case 'pause':
+            t.phase = 'paused_system';
+            break;
+          case 'cancel':
+            this.enter(t, 'cancelled_system');
+            break;
+        }
       }
     }
   }
 
-  /** Run `fn` one step later; tracked so close() can wait for it. */
-  private later(fn: () => void | Promise<void>): void {
+  /** Run `fn` one step (and `extraMs`) later; tracked so close() can wait for it. */
+  private later(fn: () => void | Promise<void>, extraMs = 0): void {
     if (this.closed) return;
     const timer = setTimeout(() => {
       this.timers.delete(timer);
@@ -746,7 +892,7 @@ export class FakeEngine {
         .catch((err) => this.log.error({ err }, 'fake engine: step failed'))
         .finally(() => this.pending.delete(p));
       this.pending.add(p);
-    }, this.stepMs);
+    }, this.stepMs + extraMs);
     this.timers.add(timer);
   }
 }

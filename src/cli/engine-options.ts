@@ -26,9 +26,19 @@ export interface EngineConfig {
   host?: string;
   /** The transfer's inactivity_timeout, seconds; 0 turns the engine's check off. */
   inactivityTimeoutS: number;
-  /** Bound on each wait for the engine (disk ready, transfer ready, finalize, cancel), seconds. */
+  /**
+   * --timeout-policy: what the engine does with a transfer whose client went idle (a killed
+   * run). Undefined: engine mode picks (cancel, except pause for an upload into an existing disk).
+   */
+  timeoutPolicy?: TimeoutPolicy;
+  /** Bound on each wait for the engine before finalize (disk ready, transfer ready, cancel), seconds. */
   timeoutS: number;
+  /** Bound on the wait for the engine's verdict once finalize was sent, seconds. */
+  finalizeTimeoutS: number;
 }
+
+/** ImageTransferTimeoutPolicy (ovirt-engine-api-model types/ImageTransferTimeoutPolicy.java, engines from 4.4.5). */
+export type TimeoutPolicy = 'legacy' | 'pause' | 'cancel';
 
 export interface NewDisk {
   storageDomain: string;
@@ -37,6 +47,7 @@ export interface NewDisk {
   /** oVirt disk formats: raw, or cow (qcow2). */
   format: 'raw' | 'cow';
   sparse: boolean;
+  /** Undefined: a unique name is made when the run starts. */
   name?: string;
 }
 
@@ -51,15 +62,20 @@ const ENGINE_OPTIONS = [
   'disk-name',
   'disk-format',
   'sparse',
+  'preallocated',
   'direction',
   'host',
   'inactivity-timeout',
+  'timeout-policy',
   'engine-timeout',
+  'finalize-timeout',
 ] as const;
-const NEW_DISK_OPTIONS = ['storage-domain', 'disk-name', 'disk-format', 'sparse'] as const;
+const NEW_DISK_OPTIONS = ['storage-domain', 'disk-name', 'disk-format', 'sparse', 'preallocated'] as const;
 
 export const DEFAULT_INACTIVITY_TIMEOUT_S = 120;
 export const DEFAULT_ENGINE_TIMEOUT_S = 300;
+/** Verifying and tearing down a big upload can take long; giving up early would say nothing useful. */
+export const DEFAULT_FINALIZE_TIMEOUT_S = 1800;
 
 /** Register the engine options on the main parser, in their own --help group. */
 /**
@@ -86,7 +102,7 @@ export function engineConfigFrom(a: Record<string, unknown>): EngineConfig | und
     throw new ConfigError(`invalid --direction '${directionOpt}': expected upload or download`);
   }
   if (readonly && directionOpt === 'upload') throw new ConfigError('-r/--readonly and --direction upload contradict each other');
-  const direction = directionOpt ?? (readonly ? 'download' : 'upload');
+  const direction = directionOpt ?? (readonly ? 'download' : given('create-disk') ? 'upload' : undefined);
 
   let disk: EngineConfig['disk'];
   if (given('create-disk')) {
@@ -98,9 +114,19 @@ export function engineConfigFrom(a: Record<string, unknown>): EngineConfig | und
     if (size === 0) throw new ConfigError('invalid size 0: the new disk would be empty');
     const fmt = (a['disk-format'] as string | undefined) ?? 'raw';
     if (fmt !== 'raw' && fmt !== 'cow' && fmt !== 'qcow2') throw new ConfigError(`invalid --disk-format '${fmt}': expected raw or cow`);
+    const format = fmt === 'raw' ? 'raw' : 'cow';
+    if (given('sparse') && given('preallocated')) throw new ConfigError('--sparse and --preallocated contradict each other');
+    // The engine refuses a COW preallocated disk unless it is for incremental backup
+    // (ovirt-engine ImagesHandler.checkImageConfiguration, run by AddDiskCommand.validate): a
+    // cow disk is thin. A raw disk is preallocated unless --sparse (raw sparse is refused on
+    // block storage, which is checked once the storage domain is known).
+    if (format === 'cow' && given('preallocated')) {
+      throw new ConfigError('--disk-format cow cannot be --preallocated: the engine refuses COW preallocated disks; drop --preallocated, or use --disk-format raw');
+    }
+    const sparse = format === 'cow' ? true : given('sparse');
     const name = a['disk-name'] as string | undefined;
     if (name === '') throw new ConfigError('--disk-name needs a name');
-    disk = { create: { storageDomain, size, format: fmt === 'raw' ? 'raw' : 'cow', sparse: given('sparse'), name } };
+    disk = { create: { storageDomain, size, format, sparse, name } };
   } else {
     const id = a['disk-id'];
     if (id === undefined) throw new ConfigError('--engine needs --disk-id ID, or --create-disk to upload into a new disk');
@@ -109,9 +135,18 @@ export function engineConfigFrom(a: Record<string, unknown>): EngineConfig | und
     if (a.size !== undefined) throw new ConfigError('--size with --engine is the size of a new disk: it goes with --create-disk');
     disk = { id: nonEmpty(id, '--disk-id') };
   }
+  // No default direction for an existing disk: an upload that fails leaves it partly
+  // overwritten, so a backup script that forgot --direction download must not write it.
+  if (direction === undefined) {
+    throw new ConfigError('--disk-id needs --direction upload or --direction download (-r): an upload overwrites the disk, a download only reads it');
+  }
 
   const host = a.host as string | undefined;
   if (host === '') throw new ConfigError('--host needs a host name');
+  const policy = a['timeout-policy'] as string | undefined;
+  if (policy !== undefined && policy !== 'legacy' && policy !== 'pause' && policy !== 'cancel') {
+    throw new ConfigError(`invalid --timeout-policy '${policy}': expected legacy, pause or cancel`);
+  }
   return {
     apiUrl,
     username,
@@ -120,7 +155,9 @@ export function engineConfigFrom(a: Record<string, unknown>): EngineConfig | und
     direction,
     host,
     inactivityTimeoutS: seconds(a['inactivity-timeout'], '--inactivity-timeout', DEFAULT_INACTIVITY_TIMEOUT_S, 0),
+    timeoutPolicy: policy,
     timeoutS: seconds(a['engine-timeout'], '--engine-timeout', DEFAULT_ENGINE_TIMEOUT_S, 1),
+    finalizeTimeoutS: seconds(a['finalize-timeout'], '--finalize-timeout', DEFAULT_FINALIZE_TIMEOUT_S, 1),
   };
 }
 

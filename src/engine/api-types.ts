@@ -43,6 +43,8 @@ export interface StorageDomain {
   id: string;
   name: string;
   dataCenterIds: string[];
+  /** storage.type: nfs, iscsi, fcp, glusterfs, posixfs, localfs... */
+  storageType?: string;
 }
 
 export interface DataCenter {
@@ -56,7 +58,14 @@ export interface ImageTransfer {
   phase: string;
   direction?: string;
   hostId?: string;
+  /**
+   * The disk, which the engine sends as `image: {"id": DISK_ID}` (ovirt-engine
+   * ImageTransferMapper.map: model.setImage(...).setId(entity.getDiskId())); a `disk` link is
+   * read too.
+   */
   diskId?: string;
+  /** legacy, pause or cancel; absent from engines before 4.4.5. */
+  timeoutPolicy?: string;
   /** The host's imageio daemon: https://HOST:54322/images/TICKET (set once transferring). */
   transferUrl?: string;
   /** The engine host's imageio proxy, for clients that cannot reach the host. */
@@ -121,6 +130,7 @@ export function toStorageDomain(j: Json): StorageDomain {
     dataCenterIds: members(j.data_centers, 'data_center')
       .map((dc) => str(dc.id))
       .filter((x): x is string => !!x),
+    storageType: j.storage && typeof j.storage === 'object' ? str((j.storage as Json).type) : undefined,
   };
 }
 
@@ -134,7 +144,8 @@ export function toTransfer(j: Json): ImageTransfer {
     phase: str(j.phase) ?? 'unknown',
     direction: str(j.direction),
     hostId: linkId(j.host),
-    diskId: linkId(j.disk),
+    diskId: linkId(j.image) ?? linkId(j.disk),
+    timeoutPolicy: str(j.timeout_policy),
     transferUrl: str(j.transfer_url) || undefined,
     proxyUrl: str(j.proxy_url) || undefined,
     inactivityTimeout: num(j.inactivity_timeout),

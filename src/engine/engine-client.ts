@@ -13,8 +13,11 @@
  * - Every request has `Accept: application/json` and `Version: 4`; bodies are JSON.
  * - A GET lost to a network error is retried twice; other requests are not.
  * - An error status becomes an EngineError whose message carries the method, the path and the
- *   engine's fault ({"reason", "detail"}, REST API guide 3.10 "Handling errors"); a 404 on a
- *   single object is `undefined` from the getters instead.
+ *   engine's fault in one line: {"reason", "detail"} at the top of the answer (REST API guide
+ *   3.10 "Handling errors"), or nested in the answer to an action,
+ *   {"status": "failed", "fault": {"reason", "detail"}} (ovirt-engine restapi
+ *   AbstractBackendActionableResource.handleError -> actionFailure). The engine's JSON itself is
+ *   never printed. A 404 on a single object is `undefined` from the getters instead.
  * - logout() revokes the token (POST /ovirt-engine/services/sso-logout, as Connection.close()).
  *
  * Endpoints (API model services: https://github.com/oVirt/ovirt-engine-api-model,
@@ -74,6 +77,8 @@ export interface NewTransferSpec {
   hostId?: string;
   /** Seconds; 0 turns the check off. */
   inactivityTimeout: number;
+  /** What the engine does once the client was idle for inactivityTimeout (engines from 4.4.5). */
+  timeoutPolicy?: 'legacy' | 'pause' | 'cancel';
 }
 
 const SSO_TOKEN_PATH = '/ovirt-engine/sso/oauth/token';
@@ -223,6 +228,7 @@ export class EngineClient {
 
   /** GET hosts?search=... (the engine's search language, e.g. "datacenter=Default and status=up"). */
   async listHosts(search?: string): Promise<Host[]> {
+    // An ordinary user's host list is filtered to the hosts it has permissions on (often none).
     const r = await this.call('GET', '/hosts', search !== undefined ? { query: { search } } : {});
     return members(r.json, 'host').map(toHost);
   }
@@ -253,6 +259,7 @@ export class EngineClient {
       direction: spec.direction,
       format: 'raw',
       inactivity_timeout: spec.inactivityTimeout,
+      ...(spec.timeoutPolicy ? { timeout_policy: spec.timeoutPolicy } : {}),
       ...(spec.hostId ? { host: { id: spec.hostId } } : {}),
     };
     const r = await this.call('POST', '/imagetransfers', { body });
@@ -356,13 +363,28 @@ function expectObject(r: Reply, what: string): Json {
   return r.json;
 }
 
-/** "POST /imagetransfers: 409 Operation Failed: [Cannot transfer Virtual Disk: Disk is locked...]" */
+/** "POST /imagetransfers: HTTP 409 Operation Failed: [Cannot transfer Virtual Disk: Disk is locked...]" */
 function engineHttpError(method: string, path: string, r: Reply): EngineError {
-  const j = r.json ?? {};
-  const reason = typeof j.reason === 'string' ? j.reason : '';
-  const detail = typeof j.detail === 'string' ? j.detail : '';
-  const fault = [reason, detail].filter(Boolean).join(': ') || r.text.replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 200);
-  return new EngineError('ERR_ENGINE', `${method} ${path.split('?')[0]}: HTTP ${r.status}${fault ? ` ${fault}` : ''}`, r.status);
+  return new EngineError('ERR_ENGINE', `${method} ${path.split('?')[0]}: HTTP ${r.status}${faultText(r)}`, r.status);
+}
+
+/** " reason: detail" of an error answer, on one line; never the raw JSON. */
+export function faultText(r: { json?: Json; text: string }): string {
+  const oneLine = (s: string) => s.replace(/\s+/g, ' ').trim();
+  if (r.json) {
+    const nested = r.json.fault && typeof r.json.fault === 'object' ? (r.json.fault as Json) : undefined;
+    for (const f of nested ? [nested, r.json] : [r.json]) {
+      const reason = typeof f.reason === 'string' ? oneLine(f.reason) : '';
+      const detail = typeof f.detail === 'string' ? oneLine(f.detail) : '';
+      if (reason || detail) return ` ${[reason, detail].filter(Boolean).join(': ')}`;
+    }
+    return ' (the answer names no fault)';
+  }
+  const text = oneLine(r.text.replace(/<[^>]*>/g, ' '));
+  if (!text) return '';
+  // JSON that did not parse (cut off, or not an object): not something to show.
+  if (/^[{[]/.test(text)) return ' (the answer is unreadable)';
+  return ` ${text.length > 200 ? `${text.slice(0, 200).replace(/\s+\S*$/, '')}...` : text}`;
 }
 
 function errorCode(err: unknown): string | undefined {

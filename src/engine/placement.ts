@@ -1,70 +1,131 @@
 /**
- * Which host runs the image transfer, following imageio's advice to backup applications
- * (ovirt-imageio docs/unix-socket.md, and find_host() in the SDK's examples/helpers/imagetransfer.py):
+ * Which host runs the image transfer. Choosing one is an optimization: when any step cannot be
+ * taken (the user may not list hosts or transfers, or sees none), no host is sent and the
+ * engine picks one itself, as virt-v2v and the SDK do (find_host() in the SDK's
+ * examples/helpers/imagetransfer.py returns None; create_transfer() then sends no host). The
+ * engine then picks a random up host of the data center that sees the storage domain
+ * (ovirt-engine TransferDiskImageCommand.checkForActiveVds -> VdsCommandsHelper.getHostForExecution).
  *
- * 1. The candidates are the hosts that can reach the disk: the `up` hosts of the data center
- *    that the disk's storage domain belongs to.
- * 2. If this machine is one of them, use it: the transfer then goes through imageio's local
- *    unix socket. A host is this machine when its hardware_information.uuid is this machine's
- *    SMBIOS UUID (/sys/class/dmi/id/product_uuid; vdsm keeps the same value in /etc/vdsm/vdsm.id).
- * 3. Otherwise the least busy candidate: the fewest transfers that are not finished yet
- *    (ties: by name, so the choice is predictable).
- * --host NAME overrides all of this.
+ * 1. The data center: the disk's storage domain's (GET storagedomains/{id}, datacenters/{id}).
+ * 2. This machine, if it is an up host of that data center: its vdsm id (/etc/vdsm/vdsm.id,
+ *    vdsm's unique id, written by host deploy, random when the SMBIOS UUID is missing or shared)
+ *    is searched as `hw_id=ID and datacenter=DC and status=up`, exactly as find_host() does
+ *    (the engine's hw_id search matches vds_unique_id, not hardware_information.uuid:
+ *    searchbackend VdsConditionFieldAutoCompleter). The data then goes over imageio's unix socket.
+ * 3. Otherwise the least busy up host of the data center: the fewest transfers in
+ *    initializing or transferring (paused and finished ones hold no imageio work), ties broken
+ *    at random so that runs started together spread out. Listing all transfers is an admin
+ *    query (GetAllImageTransfers is QueryAuthType.Admin in QueryType.java).
+ * --host NAME overrides all of this; it must name an up host of the data center.
  *
- * choosePlacement() is pure; it returns the host and the one line logged about the choice,
- * e.g. "host2: 1 active transfer, chosen over host1: 3, host3: 2".
+ * choosePlacement() returns the host (or none) and the one line logged about the choice, e.g.
+ * "host2: 1 active transfer, chosen over host1: 3, host3: 2".
  */
 import { readFileSync } from 'node:fs';
-import { EngineError } from '../core/errors';
-import { FINAL_PHASES, type Host, type ImageTransfer } from './api-types';
+import { EngineError, describeError } from '../core/errors';
+import type { DataCenter, Disk, Host, ImageTransfer, StorageDomain } from './api-types';
 
-/** Overrides where this machine's hardware id is read (tests point it at a file of their own). */
-export const PRODUCT_UUID_ENV = 'IMAGEIO_NBD_PRODUCT_UUID_FILE';
-const HARDWARE_ID_FILES = ['/sys/class/dmi/id/product_uuid', '/etc/vdsm/vdsm.id'];
+/** Where vdsm keeps its unique id (vdsm's constants; read by the SDK's find_host()). */
+export const VDSM_ID_FILE = '/etc/vdsm/vdsm.id';
 
-export interface PlacementInput {
-  /** Hosts that can reach the disk (up, in the storage domain's data center). */
-  candidates: Host[];
-  /** Every transfer the engine knows, to count the active ones per host. */
-  transfers: ImageTransfer[];
-  /** This machine's hardware id, if it could be read. */
-  localHardwareId?: string;
+/** Transfer phases that occupy a host's imageio. */
+const BUSY_PHASES: ReadonlySet<string> = new Set(['initializing', 'transferring']);
+
+/** The engine queries placement needs (EngineClient has them). */
+export interface PlacementQueries {
+  getStorageDomain(id: string): Promise<StorageDomain | undefined>;
+  getDataCenter(id: string): Promise<DataCenter | undefined>;
+  listHosts(search: string): Promise<Host[]>;
+  listTransfers(): Promise<ImageTransfer[]>;
+}
+
+export interface PlacementOptions {
   /** --host NAME. */
   forced?: string;
-  /** For messages: the data center's name. */
-  dataCenter: string;
+  /** This machine's vdsm id, if it has one. */
+  vdsmId?: string;
+  /** [0, 1); Math.random by default. */
+  random?: () => number;
 }
 
 export interface Placement {
-  host: Host;
+  /** Undefined: send no host, the engine chooses. */
+  host?: Host;
   /** The host is this machine: imageio's unix socket can be used. */
   local: boolean;
   line: string;
 }
 
-/** Active (not finished) transfers per host id. */
+/** Busy (initializing or transferring) transfers per host id. */
 export function activeTransfersPerHost(transfers: ImageTransfer[]): Map<string, number> {
   const counts = new Map<string, number>();
   for (const t of transfers) {
-    if (!t.hostId || FINAL_PHASES.has(t.phase)) continue;
+    if (!t.hostId || !BUSY_PHASES.has(t.phase)) continue;
     counts.set(t.hostId, (counts.get(t.hostId) ?? 0) + 1);
   }
   return counts;
 }
 
-export function choosePlacement(input: PlacementInput): Placement {
-  const { candidates, localHardwareId, forced, dataCenter } = input;
-  const counts = activeTransfersPerHost(input.transfers);
+const plural = (n: number) => `${n} active transfer${n === 1 ? '' : 's'}`;
+const byName = (a: Host, b: Host) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+
+/** The least busy of `candidates` (not empty), ties broken with `random`. */
+export function leastBusy(candidates: Host[], transfers: ImageTransfer[], dataCenter: string, random: () => number = Math.random): Placement {
+  const counts = activeTransfersPerHost(transfers);
   const busy = (h: Host) => counts.get(h.id) ?? 0;
-  const plural = (n: number) => `${n} active transfer${n === 1 ? '' : 's'}`;
-  const byName = (a: Host, b: Host) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
-  const others = (chosen: Host) =>
-    candidates
-      .filter((h) => h !== chosen)
-      .sort(byName)
-      .map((h) => `${h.name}: ${busy(h)}`)
-      .join(', ');
-  const isLocal = (h: Host) => !!localHardwareId && !!h.hardwareUuid && sameId(h.hardwareUuid, localHardwareId);
+  const min = Math.min(...candidates.map(busy));
+  const ties = candidates.filter((h) => busy(h) === min).sort(byName);
+  const host = ties[Math.min(ties.length - 1, Math.floor(random() * ties.length))];
+  const rest = candidates
+    .filter((h) => h !== host)
+    .sort(byName)
+    .map((h) => `${h.name}: ${busy(h)}`)
+    .join(', ');
+  if (!rest) return { host, local: false, line: `${host.name}: ${plural(busy(host))}, the only up host in data center ${dataCenter}` };
+  return { host, local: false, line: `${host.name}: ${plural(busy(host))}, chosen over ${rest}${ties.length > 1 ? ' (ties broken at random)' : ''}` };
+}
+
+function noHost(reason: string): Placement {
+  return { local: false, line: `no host chosen, the engine picks one: ${reason}` };
+}
+
+/** An error's message as it reads in a line (no code suffix). */
+function why(err: unknown): string {
+  return err instanceof Error ? err.message : describeError(err);
+}
+
+/** A value in the engine's search language: quoted when it has spaces. */
+export function searchValue(v: string): string {
+  return /[\s"]/.test(v) ? `"${v.replace(/"/g, '\\"')}"` : v;
+}
+
+/** Steps 1-3 above; only --host can make it fail. */
+export async function choosePlacement(q: PlacementQueries, disk: Disk, opts: PlacementOptions = {}): Promise<Placement> {
+  const { forced } = opts;
+  let dc: DataCenter;
+  try {
+    const sdId = disk.storageDomainIds[0];
+    if (!sdId) throw new Error(`disk ${disk.id} names no storage domain`);
+    const sd = await q.getStorageDomain(sdId);
+    if (!sd) throw new Error(`storage domain ${sdId} of disk ${disk.id} is not visible to this user`);
+    const dcId = sd.dataCenterIds[0];
+    if (!dcId) throw new Error(`storage domain ${sd.name} is not attached to a data center`);
+    const found = await q.getDataCenter(dcId);
+    if (!found) throw new Error(`data center ${dcId} of storage domain ${sd.name} is not visible to this user`);
+    dc = found;
+  } catch (err) {
+    if (forced !== undefined) throw new EngineError('ERR_PLACEMENT', `--host ${forced}: cannot find the data center of disk ${disk.id}: ${why(err)}`);
+    return noHost(`cannot find the data center of disk ${disk.id} (${why(err)})`);
+  }
+  const inDc = `datacenter=${searchValue(dc.name)} and status=up`;
+
+  let candidates: Host[];
+  try {
+    candidates = (await q.listHosts(inDc)).filter((h) => h.status === 'up');
+  } catch (err) {
+    if (forced !== undefined) throw err;
+    return noHost(`cannot list the hosts of data center ${dc.name} (${why(err)})`);
+  }
 
   if (forced !== undefined) {
     const host = candidates.find((h) => h.name === forced);
@@ -72,52 +133,49 @@ export function choosePlacement(input: PlacementInput): Placement {
       const names = candidates.map((h) => h.name).sort();
       throw new EngineError(
         'ERR_PLACEMENT',
-        `--host ${forced} is not an active host of data center ${dataCenter}` +
-          (names.length ? ` (active hosts: ${names.join(', ')})` : ' (it has no active host)'),
+        `--host ${forced} is not an up host of data center ${dc.name}` + (names.length ? ` (up hosts: ${names.join(', ')})` : ' (this user sees no up host there)'),
       );
     }
-    return { host, local: isLocal(host), line: `${host.name}: ${plural(busy(host))}, chosen by --host` };
+    return { host, local: opts.vdsmId !== undefined && (await isThisMachine(q, host, opts.vdsmId, inDc)), line: `${host.name}: chosen by --host` };
   }
-  if (candidates.length === 0) {
-    throw new EngineError('ERR_PLACEMENT', `no host can run the transfer: data center ${dataCenter} has no host in status up`);
+
+  if (opts.vdsmId !== undefined) {
+    try {
+      const [local] = (await q.listHosts(`hw_id=${searchValue(opts.vdsmId)} and ${inDc}`)).filter((h) => h.status === 'up');
+      if (local) return { host: local, local: true, line: `${local.name}: this machine (vdsm id ${opts.vdsmId}), chosen` };
+    } catch {
+      /* not found this way: choose among the others */
+    }
   }
-  const local = candidates.find(isLocal);
-  if (local) {
-    const rest = others(local);
-    return {
-      host: local,
-      local: true,
-      line: `${local.name}: ${plural(busy(local))}, this machine (hardware id ${localHardwareId}), chosen${rest ? ` over ${rest}` : ''}`,
-    };
+
+  if (candidates.length === 0) return noHost(`this user sees no up host in data center ${dc.name}`);
+  let transfers: ImageTransfer[];
+  try {
+    transfers = await q.listTransfers();
+  } catch (err) {
+    return noHost(`cannot list the image transfers to find the least busy host (${why(err)})`);
   }
-  const host = [...candidates].sort((a, b) => busy(a) - busy(b) || byName(a, b))[0];
-  const rest = others(host);
-  return {
-    host,
-    local: false,
-    line: rest ? `${host.name}: ${plural(busy(host))}, chosen over ${rest}` : `${host.name}: ${plural(busy(host))}, the only active host in data center ${dataCenter}`,
-  };
+  return leastBusy(candidates, transfers, dc.name, opts.random);
 }
 
-/** SMBIOS UUIDs are compared without regard to case (dmidecode prints upper case, sysfs lower). */
-function sameId(a: string, b: string): boolean {
-  return a.trim().toLowerCase() === b.trim().toLowerCase();
+async function isThisMachine(q: PlacementQueries, host: Host, vdsmId: string, inDc: string): Promise<boolean> {
+  try {
+    return (await q.listHosts(`hw_id=${searchValue(vdsmId)} and ${inDc}`)).some((h) => h.id === host.id);
+  } catch {
+    return false;
+  }
 }
 
 /**
- * This machine's hardware id, or undefined when it cannot be read (not root: product_uuid is
- * readable by root only; not a physical or virtual machine with SMBIOS). The environment
- * variable IMAGEIO_NBD_PRODUCT_UUID_FILE names another file to read it from.
+ * vdsm's unique id from `file` (normally /etc/vdsm/vdsm.id), or undefined when this machine is
+ * not an oVirt host (or the file cannot be read: the transfer then simply does not use the
+ * local host).
  */
-export function readHardwareId(env: NodeJS.ProcessEnv = process.env): string | undefined {
-  const files = env[PRODUCT_UUID_ENV] ? [env[PRODUCT_UUID_ENV]!] : HARDWARE_ID_FILES;
-  for (const f of files) {
-    try {
-      const id = readFileSync(f, 'utf8').split('\n')[0].trim();
-      if (id) return id;
-    } catch {
-      /* next */
-    }
+export function readVdsmId(file: string = VDSM_ID_FILE): string | undefined {
+  try {
+    const id = readFileSync(file, 'utf8').split('\n')[0].trim();
+    return id || undefined;
+  } catch {
+    return undefined;
   }
-  return undefined;
 }

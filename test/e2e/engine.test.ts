@@ -3,8 +3,9 @@
  * process) instead of a transfer URL, creates the transfer, serves it to real qemu-img and
  * nbdcopy, and finalizes it; every result is compared byte for byte, and the engine must end
  * with the transfer finished_success, the disk ok and nothing left open. Placement: the local
- * host when the hardware id matches (data then goes over imageio's unix socket), else the
- * least busy one; the transfer_url -> proxy_url fallback.
+ * host when its vdsm id matches (data then goes over imageio's unix socket), else the least
+ * busy one, else (an ordinary user) none: the engine chooses; the transfer_url -> proxy_url
+ * fallback; the disk id on stdout.
  */
 import { writeFileSync } from 'node:fs';
 import { compareFiles, e2eSuite, MiB, runCli } from '../helpers/cli';
@@ -18,7 +19,7 @@ const engine = useTestEngine(suite);
 
 /** Run imageio-nbd in engine mode; expects exit 0 unless `expectFail`. */
 async function run(t: TestEngine, args: string[], cmd: string, env: NodeJS.ProcessEnv = {}) {
-  const r = await runCli([...t.args, '--engine-timeout', '20', ...args, '--run', cmd], { env: engineEnv({ SRC: suite.source, ...env }, env.UUID_FILE), timeoutMs: 60_000 });
+  const r = await runCli([...t.args, '--engine-timeout', '20', ...args, '--run', cmd], { env: engineEnv({ SRC: suite.source, ...env }, env.VDSM_ID_FILE), timeoutMs: 60_000 });
   if (r.code !== 0) throw new Error(`imageio-nbd exited ${r.code ?? r.signal}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
   return r;
 }
@@ -31,17 +32,20 @@ function dataServices(t: TestEngine, transferId: string): string[] {
 
 const PLACEMENT = /INFO: (host\d): (\d+) active transfers?, (.*)\n/;
 
-test('upload into an existing disk with qemu-img: finalized, disk ok, bytes equal, one placement line', async () => {
+test('upload into an existing disk with qemu-img: finalized, disk ok, bytes equal, one placement line, disk-id on stdout', async () => {
   const t = await engine();
   const disk = t.engine.addDisk({ name: 'existing', size: SIZE });
-  const r = await run(t, ['--disk-id', disk.id], 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"');
+  const r = await run(t, ['--disk-id', disk.id, '--direction', 'upload'], 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"');
   expect(compareFiles(suite.source, disk.path)).toBe('equal');
   const [tr] = await expectNothingLeft(t.engine);
   expect(tr).toMatchObject({ phase: 'finished_success', direction: 'upload', diskId: disk.id, format: 'raw' });
   expect(t.engine.state().disks.find((d) => d.id === disk.id)?.status).toBe('ok');
-  // Quiet except for the one placement line; all hosts idle: the first by name.
+  // Quiet except for the one placement line; all hosts idle: one at random.
   expect(r.stderr.trim().split('\n')).toHaveLength(1);
-  expect(r.stderr).toMatch(/INFO: host1: 0 active transfers, chosen over host2: 0, host3: 0\n/);
+  expect(r.stderr).toMatch(/INFO: host\d: 0 active transfers, chosen over host\d: 0, host\d: 0 \(ties broken at random\)\n/);
+  expect(r.stdout).toBe(`disk-id=${disk.id}\n`);
+  // An upload into a disk that existed before: pause on inactivity, never cancel (which would remove it).
+  expect(tr.timeoutPolicy).toBe('pause');
   // Not this machine: HTTPS to the host, not its unix socket.
   expect(dataServices(t, tr.id)).toEqual(['tcp']);
   const st = t.engine.state();
@@ -52,7 +56,7 @@ test('upload into an existing disk with qemu-img: finalized, disk ok, bytes equa
 
 test('upload into a new disk (--create-disk, qcow2, sparse) with nbdcopy', async () => {
   const t = await engine();
-  await run(
+  const r = await run(
     t,
     ['--create-disk', '--storage-domain', 'data', '--size', '32M', '--disk-name', 'fresh', '--disk-format', 'qcow2', '--sparse'],
     'nbdcopy --flush "$SRC" "$uri"',
@@ -61,6 +65,38 @@ test('upload into a new disk (--create-disk, qcow2, sparse) with nbdcopy', async
   expect(tr.phase).toBe('finished_success');
   const disk = t.engine.state().disks.find((d) => d.name === 'fresh')!;
   expect(disk).toMatchObject({ status: 'ok', size: SIZE, format: 'cow', sparse: true, id: tr.diskId });
+  expect(compareFiles(suite.source, disk.path)).toBe('equal');
+  expect(r.stdout).toBe(`disk-id=${disk.id}\n`);
+  expect(tr.timeoutPolicy).toBe('cancel');
+});
+
+test('--disk-format cow without --sparse: a thin disk, which the engine accepts (it refuses COW preallocated)', async () => {
+  const t = await engine();
+  const r = await run(t, ['--create-disk', '--storage-domain', 'data', '--size', '32M', '--disk-format', 'cow'], 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"');
+  const [tr] = await expectNothingLeft(t.engine);
+  const disk = t.engine.state().disks.find((d) => d.id === tr.diskId)!;
+  expect(disk).toMatchObject({ status: 'ok', format: 'cow', sparse: true });
+  expect(compareFiles(suite.source, disk.path)).toBe('equal');
+  // The default name is unique, and the id is on stdout for scripts.
+  expect(disk.name).toMatch(/^imageio-nbd-\d{8}-\d{6}-[0-9a-f]{6}$/);
+  expect(r.stdout).toBe(`disk-id=${disk.id}\n`);
+});
+
+test('--log-format json: the disk id as a JSON record on stdout', async () => {
+  const t = await engine();
+  const r = await run(t, ['--create-disk', '--storage-domain', 'data', '--size', '32M', '--disk-name', 'j1', '--log-format', 'json'], 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"');
+  const disk = t.engine.state().disks.find((d) => d.name === 'j1')!;
+  expect(JSON.parse(r.stdout)).toEqual({ disk_id: disk.id, disk_name: 'j1', transfer_id: t.engine.state().transfers[0].id, direction: 'upload' });
+});
+
+test('an ordinary user (transfers and hosts not listable): no host is sent, the engine chooses, and the upload succeeds', async () => {
+  const t = await engine({ admin: false });
+  const disk = t.engine.addDisk({ size: SIZE });
+  const r = await run(t, ['--disk-id', disk.id, '--direction', 'upload'], 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"');
+  expect(r.stderr).toMatch(/INFO: no host chosen, the engine picks one: /);
+  expect(r.stderr.trim().split('\n')).toHaveLength(1);
+  const [tr] = await expectNothingLeft(t.engine);
+  expect(tr).toMatchObject({ phase: 'finished_success', requestedHostId: undefined });
   expect(compareFiles(suite.source, disk.path)).toBe('equal');
 });
 
@@ -78,14 +114,18 @@ test('download (--direction download) with qemu-img: read-only, the disk stays o
   expect(t.engine.state().disks.find((d) => d.id === disk.id)?.status).toBe('ok');
 });
 
-test("placement: this machine's hardware id matches host2 -> host2, over imageio's unix socket", async () => {
-  const t = await engine();
+test("placement: this machine's vdsm id is host2's, every host has the same SMBIOS uuid -> host2, over imageio's unix socket", async () => {
+  // Cloned boards: one SMBIOS uuid for all; host deploy then gave each host a random vdsm id.
+  const shared = '4c4c4544-0042-3510-8056-b4c04f595931';
+  const t = await engine({ hosts: ['host1', 'host2', 'host3'].map((name) => ({ name, hardwareUuid: shared })) });
   const host2 = t.engine.state().hosts[1];
-  const uuidFile = suite.dir.file('product_uuid');
-  writeFileSync(uuidFile, `${host2.hardwareUuid.toUpperCase()}\n`); // dmidecode's case; compared case-insensitively
+  const vdsmIdFile = suite.dir.file('vdsm.id');
+  writeFileSync(vdsmIdFile, `${host2.vdsmId}\n`);
+  const smbios = suite.dir.file('product_uuid');
+  writeFileSync(smbios, `${shared}\n`);
   const disk = t.engine.addDisk({ size: SIZE });
-  const r = await run(t, ['--disk-id', disk.id], 'nbdcopy "$SRC" "$uri"', { UUID_FILE: uuidFile });
-  expect(r.stderr).toMatch(new RegExp(`INFO: host2: 0 active transfers, this machine \\(hardware id ${host2.hardwareUuid.toUpperCase()}\\), chosen over host1: 0, host3: 0\\n`));
+  const r = await run(t, ['--disk-id', disk.id, '--direction', 'upload'], 'nbdcopy "$SRC" "$uri"', { VDSM_ID_FILE: vdsmIdFile, IMAGEIO_NBD_PRODUCT_UUID_FILE: smbios });
+  expect(r.stderr).toMatch(new RegExp(`INFO: host2: this machine \\(vdsm id ${host2.vdsmId}\\), chosen\\n`));
   const [tr] = await expectNothingLeft(t.engine);
   expect(tr.hostId).toBe(host2.id);
   expect(dataServices(t, tr.id)).toEqual(['unix']);
@@ -106,7 +146,7 @@ test('placement: transfers running on host1 and host2 -> the least busy host3', 
     await other.close();
   }
   const disk = t.engine.addDisk({ size: SIZE });
-  const r = await run(t, ['--disk-id', disk.id], 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"');
+  const r = await run(t, ['--disk-id', disk.id, '--direction', 'upload'], 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"');
   const m = PLACEMENT.exec(r.stderr);
   expect(m?.[0]).toBe('INFO: host3: 0 active transfers, chosen over host1: 1, host2: 1\n');
   const mine = t.engine.state().transfers.find((x) => x.diskId === disk.id)!;
@@ -117,8 +157,8 @@ test('placement: transfers running on host1 and host2 -> the least busy host3', 
 test('--host NAME overrides placement', async () => {
   const t = await engine();
   const disk = t.engine.addDisk({ size: SIZE });
-  const r = await run(t, ['--disk-id', disk.id, '--host', 'host2'], 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"');
-  expect(r.stderr).toMatch(/INFO: host2: 0 active transfers, chosen by --host\n/);
+  const r = await run(t, ['--disk-id', disk.id, '--direction', 'upload', '--host', 'host2'], 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"');
+  expect(r.stderr).toMatch(/INFO: host2: chosen by --host\n/);
   const [tr] = await expectNothingLeft(t.engine);
   expect(tr.hostId).toBe(t.engine.state().hosts[1].id);
 });
@@ -127,8 +167,8 @@ test('a host that cannot be reached at transfer_url: proxy_url is used, and said
   const t = await engine();
   t.engine.faults.unreachableTransferUrl = true;
   const disk = t.engine.addDisk({ size: SIZE });
-  const r = await run(t, ['--disk-id', disk.id], 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"');
-  expect(r.stderr).toMatch(/WARN: host host1 cannot be reached at https:\/\/127\.0\.0\.1:\d+\/images\/\S+ \(ECONNREFUSED\): using the engine's imageio proxy https:\/\/127\.0\.0\.1:\d+\/images\//);
+  const r = await run(t, ['--disk-id', disk.id, '--direction', 'upload'], 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"');
+  expect(r.stderr).toMatch(/WARN: host host\d cannot be reached at https:\/\/127\.0\.0\.1:\d+\/images\/\S+ \(ECONNREFUSED\): using the engine's imageio proxy https:\/\/127\.0\.0\.1:\d+\/images\//);
   expect(compareFiles(suite.source, disk.path)).toBe('equal');
   const [tr] = await expectNothingLeft(t.engine);
   expect(tr.phase).toBe('finished_success');
@@ -141,11 +181,20 @@ test('keep-alive within the inactivity timeout: a client that waits 7 s is not p
   const disk = t.engine.addDisk({ size: SIZE });
   // inactivity_timeout 4 s: without keep-alives every 1.3 s (a third of it) the engine would
   // pause the transfer; with them the ticket is never idle for much more than 2 s.
-  await run(t, ['--disk-id', disk.id, '--inactivity-timeout', '4'], 'sleep 7 && qemu-img convert -n -f raw -O raw "$SRC" "$uri"');
+  await run(t, ['--disk-id', disk.id, '--direction', 'upload', '--inactivity-timeout', '4'], 'sleep 7 && qemu-img convert -n -f raw -O raw "$SRC" "$uri"');
   const [tr] = await expectNothingLeft(t.engine);
   expect(tr).toMatchObject({ phase: 'finished_success', inactivityTimeout: 4 });
   expect(t.engine.imageioServer(tr.id)!.stats().ops.flush).toBeGreaterThanOrEqual(4);
   expect(compareFiles(suite.source, disk.path)).toBe('equal');
+});
+
+test('an engine before 4.4.5 (no timeout_policy): the upload works, and one line says a killed run would leave the disk locked', async () => {
+  const t = await engine();
+  t.engine.faults.noTimeoutPolicy = true;
+  const r = await run(t, ['--create-disk', '--storage-domain', 'data', '--size', '32M', '--disk-name', 'old'], 'qemu-img convert -n -f raw -O raw "$SRC" "$uri"');
+  expect(r.stderr).toMatch(/WARN: the engine does not know timeout_policy \(engines before 4\.4\.5\): if this run is killed, an upload is paused and its disk stays locked/);
+  const [tr] = await expectNothingLeft(t.engine);
+  expect(tr).toMatchObject({ phase: 'finished_success', timeoutPolicy: undefined });
 });
 
 test('an expired token (401) mid-run: imageio-nbd logs in again and finalizes', async () => {
@@ -153,7 +202,7 @@ test('an expired token (401) mid-run: imageio-nbd logs in again and finalizes', 
   const disk = t.engine.addDisk({ size: SIZE });
   await run(
     t,
-    ['--disk-id', disk.id],
+    ['--disk-id', disk.id, '--direction', 'upload'],
     'qemu-img convert -n -f raw -O raw "$SRC" "$uri" && curl -sf --unix-socket "$CTL" -X POST http://x/tokens/expire',
     { CTL: t.control },
   );

@@ -83,7 +83,10 @@ export async function expectNothingLeft(engine: FakeEngine, goneDiskNames: strin
   return st.transfers;
 }
 
-/** Environment for imageio-nbd: this machine's hardware id comes from `uuidFile` (default: none). */
-export function engineEnv(extra: NodeJS.ProcessEnv = {}, uuidFile = '/nonexistent/product_uuid'): NodeJS.ProcessEnv {
-  return { ...process.env, IMAGEIO_NBD_PRODUCT_UUID_FILE: uuidFile, ...extra };
+/**
+ * Environment for imageio-nbd: this machine's vdsm id comes from `vdsmIdFile` (default: none,
+ * not an oVirt host). The SMBIOS UUID file is pointed at nothing too (older versions read it).
+ */
+export function engineEnv(extra: NodeJS.ProcessEnv = {}, vdsmIdFile = '/nonexistent/vdsm.id'): NodeJS.ProcessEnv {
+  return { ...process.env, IMAGEIO_NBD_VDSM_ID_FILE: vdsmIdFile, IMAGEIO_NBD_PRODUCT_UUID_FILE: '/nonexistent/product_uuid', ...extra };
 }

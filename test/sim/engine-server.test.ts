@@ -9,7 +9,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Client } from 'undici';
 import { ConfigError, EngineError } from '../../src/core/errors';
-import { EngineClient } from '../../src/engine/engine-client';
+import { EngineClient, faultText } from '../../src/engine/engine-client';
 import { FakeEngine } from '../../sim/engine-server/fake-engine';
 import {
   compareFiles,
@@ -193,10 +193,118 @@ describe('transfer lifecycle', () => {
     expect((await c.getTransfer(t.id))?.phase).toBe('cancelled_user');
     await waitFor(async () => (await c.getTransfer(t.id))?.phase === 'finished_failure', 'finished_failure');
     expect(await c.getDisk(d.id)).toBeUndefined();
-    await expect(c.transferAction(t.id, 'cancel')).rejects.toThrow(/HTTP 409/);
+    // Accepted, and nothing changes: a finished phase is final (ImageTransferUpdater).
+    await c.transferAction(t.id, 'cancel');
+    await c.transferAction(t.id, 'finalize');
+    expect((await c.getTransfer(t.id))?.phase).toBe('finished_failure');
   });
 
-  test('inactivity: an idle upload is paused (paused_system), an idle download cancelled', async () => {
+  test('a cancel sent while finalizing is accepted, turns the upload into a failure, and the disk is removed', async () => {
+    const e = await start();
+    e.faults.finalizeDelayMs = 2000;
+    const c = client(e);
+    const d = e.addDisk({ size: MiB });
+    const t = await c.createTransfer({ diskId: d.id, direction: 'upload', inactivityTimeout: 60 });
+    await waitFor(async () => (await c.getTransfer(t.id))?.phase === 'transferring', 'transferring');
+    await c.transferAction(t.id, 'finalize');
+    expect((await c.getTransfer(t.id))?.phase).toBe('finalizing_success');
+    await c.transferAction(t.id, 'cancel');
+    await waitFor(async () => (await c.getTransfer(t.id))?.phase === 'finished_failure', 'finished_failure');
+    expect(await c.getDisk(d.id)).toBeUndefined();
+  });
+
+  test('a failed action answers the action with the fault nested: {"status": "failed", "fault": {...}}', async () => {
+    const e = await start();
+    const tk = await token(e);
+    const c = client(e);
+    const t = await c.createTransfer({ diskId: e.addDisk({ size: MiB }).id, direction: 'upload', inactivityTimeout: 60 });
+    const r = await raw(e, 'POST', `/imagetransfers/${t.id}/resume`, tk, {});
+    expect(r.status).toBe(409);
+    expect(r.json).toEqual({ status: 'failed', fault: { reason: 'Operation Failed', detail: '[Cannot resume image transfer. The transfer is not paused.]' } });
+    // The client reads the nested fault into one line.
+    await expect(c.transferAction(t.id, 'resume' as 'cancel')).rejects.toThrow(
+      `POST /imagetransfers/${t.id}/resume: HTTP 409 Operation Failed: [Cannot resume image transfer. The transfer is not paused.]`,
+    );
+    e.faults.actionsNotPermitted = true;
+    await expect(c.transferAction(t.id, 'finalize')).rejects.toThrow(/^POST \/imagetransfers\/\S+\/finalize: HTTP 403 Operation Failed: \[User is not authorized to perform this action\.\]$/);
+  });
+
+  test('faultText: one line from a nested or top-level fault; never JSON, never cut inside it', () => {
+    expect(faultText({ json: { status: 'failed', fault: { reason: 'Operation Failed', detail: '[Cannot\n  do it.]' } }, text: '' })).toBe(' Operation Failed: [Cannot do it.]');
+    expect(faultText({ json: { reason: 'Bad Request', detail: 'x' }, text: '' })).toBe(' Bad Request: x');
+    expect(faultText({ json: { status: 'failed' }, text: '{"status":"failed"}' })).toBe(' (the answer names no fault)');
+    expect(faultText({ text: '{"status":"failed","fault":{"reason":"Operation Fa' })).toBe(' (the answer is unreadable)');
+    expect(faultText({ text: '<html><body><h1>Service Unavailable</h1></body></html>' })).toBe(' Service Unavailable');
+    const long = faultText({ text: `${'word '.repeat(60)}end` });
+    expect(long.length).toBeLessThan(210);
+    expect(long).toMatch(/^ (word )+\.\.\.$|^ (word )*word\.\.\.$/);
+  });
+
+  test('a transfer names its disk as image.id (no disk link); no host given: a random up host', async () => {
+    const e = await start({ hosts: 4 });
+    e.setHostStatus('host2', 'maintenance');
+    const tk = await token(e);
+    const c = client(e);
+    const hostsSeen = new Set<string>();
+    for (let i = 0; i < 12; i++) {
+      const d = e.addDisk({ size: MiB });
+      const t = await c.createTransfer({ diskId: d.id, direction: 'download', inactivityTimeout: 60 });
+      const j = (await raw(e, 'GET', `/imagetransfers/${t.id}`, tk)).json!;
+      expect(j.image).toEqual({ id: d.id });
+      expect(j.disk).toBeUndefined();
+      expect(t.diskId).toBe(d.id);
+      hostsSeen.add(e.state().hosts.find((h) => h.id === t.hostId)!.name);
+    }
+    expect(hostsSeen.has('host2')).toBe(false);
+    expect(hostsSeen.size).toBeGreaterThan(1); // 3 up hosts, 12 draws: all on one host has odds 3 * (1/3)^12
+  });
+
+  test('COW preallocated is refused (checkImageConfiguration); without sparse a disk is thin', async () => {
+    const e = await start();
+    const tk = await token(e);
+    const sd = e.state().storageDomain.id;
+    const add = (b: Record<string, unknown>) => raw(e, 'POST', '/disks', tk, { provisioned_size: MiB, storage_domains: { storage_domain: [{ id: sd }] }, ...b });
+    const refused = await add({ format: 'cow', sparse: false });
+    expect(refused.status).toBe(409);
+    expect(refused.json).toEqual({
+      reason: 'Operation Failed',
+      detail: '[Cannot add Virtual Disk. Disk configuration (COW Preallocated backup-None) is incompatible with the storage domain type.]',
+    });
+    expect((await add({ format: 'cow' })).json).toMatchObject({ format: 'cow', sparse: 'true' });
+    expect((await add({ format: 'cow', sparse: false, backup: 'incremental' })).status).toBe(201);
+  });
+
+  test('an ordinary user: /imagetransfers refused (admin query), hosts and data centers filtered', async () => {
+    const e = await start({ admin: false });
+    const tk = await token(e);
+    const r = await raw(e, 'GET', '/imagetransfers', tk);
+    expect(r.status).toBe(400);
+    expect(r.json).toEqual({ reason: 'Operation Failed', detail: 'Query execution failed due to insufficient permissions.' });
+    expect((await raw(e, 'GET', '/hosts', tk)).json).toEqual({});
+    const c = client(e);
+    expect(await c.getDataCenter('anything')).toBeUndefined();
+    // It can still create a transfer: the engine picks the host.
+    const t = await c.createTransfer({ diskId: e.addDisk({ size: MiB }).id, direction: 'download', inactivityTimeout: 60 });
+    expect(e.state().transfers.find((x) => x.id === t.id)).toMatchObject({ requestedHostId: undefined, hostId: expect.any(String) });
+  });
+
+  test("hw_id searches vdsm's id, not the SMBIOS uuid", async () => {
+    const e = await start({ hosts: [{ name: 'a', hardwareUuid: 'u-1', vdsmId: 'v-1' }, { name: 'b', hardwareUuid: 'u-1', vdsmId: 'v-2' }] });
+    const c = client(e);
+    expect((await c.listHosts('hw_id=v-2')).map((h) => h.name)).toEqual(['b']);
+    expect(await c.listHosts('hw_id=u-1')).toEqual([]);
+    expect((await c.listHosts('name=a'))[0].hardwareUuid).toBe('u-1');
+  });
+
+  test('an engine before 4.4.5 skips timeout_policy and does not send it', async () => {
+    const e = await start();
+    e.faults.noTimeoutPolicy = true;
+    const c = client(e);
+    const t = await c.createTransfer({ diskId: e.addDisk({ size: MiB }).id, direction: 'upload', inactivityTimeout: 60, timeoutPolicy: 'cancel' });
+    expect(t.timeoutPolicy).toBeUndefined();
+  });
+
+  test('inactivity, legacy policy (the default): an idle upload is paused (paused_system), an idle download cancelled', async () => {
     const e = await start();
     const c = client(e);
     const up = await c.createTransfer({ diskId: e.addDisk({ size: MiB }).id, direction: 'upload', inactivityTimeout: 1 });
@@ -205,6 +313,44 @@ describe('transfer lifecycle', () => {
     await waitFor(async () => (await c.getTransfer(up.id))?.phase === 'paused_system', 'the upload to pause', 10_000);
     await waitFor(async () => (await c.getTransfer(down.id))?.phase === 'finished_failure', 'the download to be cancelled', 10_000);
     expect((await c.getDisk(downDisk.id))?.status).toBe('ok');
+    expect((await c.getTransfer(up.id))?.timeoutPolicy).toBe('legacy');
+  });
+
+  test('inactivity, cancel policy: an idle upload is cancelled and its disk removed; pause policy: a download is paused', async () => {
+    const e = await start();
+    const c = client(e);
+    const upDisk = e.addDisk({ size: MiB });
+    const up = await c.createTransfer({ diskId: upDisk.id, direction: 'upload', inactivityTimeout: 1, timeoutPolicy: 'cancel' });
+    const down = await c.createTransfer({ diskId: e.addDisk({ size: MiB }).id, direction: 'download', inactivityTimeout: 1, timeoutPolicy: 'pause' });
+    await waitFor(async () => (await c.getTransfer(up.id))?.phase === 'finished_failure', 'the upload to be cancelled', 10_000);
+    expect(await c.getDisk(upDisk.id)).toBeUndefined();
+    await waitFor(async () => (await c.getTransfer(down.id))?.phase === 'paused_system', 'the download to pause', 10_000);
+  });
+
+  test('inactivity: OPTIONS counts as activity (imageio touches the ticket)', async () => {
+    const e = await start();
+    const c = client(e);
+    const d = e.addDisk({ size: MiB });
+    const t = await c.createTransfer({ diskId: d.id, direction: 'upload', inactivityTimeout: 1 });
+    const ready = (await waitFor(async () => {
+      const x = await c.getTransfer(t.id);
+      return x?.phase === 'transferring' ? x : undefined;
+    }, 'transferring'))!;
+    const u = new URL(ready.transferUrl!);
+    const io = new Client(u.origin, { connect: { ca: require('node:fs').readFileSync(pki.ca) } });
+    try {
+      // OPTIONS every 300 ms for 3 s (three inactivity timeouts): never paused.
+      for (let i = 0; i < 10; i++) {
+        const r = await io.request({ method: 'OPTIONS', path: u.pathname });
+        await r.body.dump();
+        expect((await c.getTransfer(t.id))?.phase).toBe('transferring');
+        await new Promise((r2) => setTimeout(r2, 300));
+      }
+    } finally {
+      await io.close();
+    }
+    // Then silence: paused.
+    await waitFor(async () => (await c.getTransfer(t.id))?.phase === 'paused_system', 'the upload to pause', 10_000);
   });
 
   test('the client logs in again after a 401, once per request', async () => {
@@ -241,7 +387,7 @@ describe('imageio-nbd engine-server and examples/upload-to-engine.sh', () => {
       const lines = out.trim().split('\n');
       expect(lines[0]).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/ovirt-engine\/api$/);
       expect(lines[1]).toBe('storage_domain=data');
-      expect(lines[2]).toMatch(/^host=host1 id=\S+ hardware_uuid=[0-9a-f-]{36} status=up$/);
+      expect(lines[2]).toMatch(/^host=host1 id=\S+ hardware_uuid=[0-9a-f-]{36} vdsm_id=[0-9a-f-]{36} status=up$/);
       expect(lines[4]).toMatch(/^disk=[0-9a-f-]{36} name=disk1 size=2097152$/);
       const state = JSON.parse((await runOk('curl', ['-sf', '--unix-socket', ctl, 'http://x/state'])).stdout);
       const image = state.disks[0].path as string;
@@ -276,7 +422,9 @@ describe('imageio-nbd engine-server and examples/upload-to-engine.sh', () => {
       const [tr] = await expectNothingLeft(e);
       expect(tr.phase).toBe('finished_success');
       const disk = e.state().disks.find((d) => d.name === 'vm-disk.qcow2')!;
-      expect(disk).toMatchObject({ status: 'ok', size: 16 * MiB, format: 'cow' });
+      // cow is thin: the engine refuses COW preallocated disks.
+      expect(disk).toMatchObject({ status: 'ok', size: 16 * MiB, format: 'cow', sparse: true });
+      expect(r.stdout).toBe(`disk-id=${disk.id}\n`);
       expect(compareFiles(src, disk.path)).toBe('equal');
     } finally {
       dir.cleanup();
