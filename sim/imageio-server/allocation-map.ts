@@ -1,8 +1,8 @@
 /**
- * Which byte ranges of the image may hold data. Everything else reads as zeros. Node has no
- * SEEK_DATA/SEEK_HOLE, so the server seeds this map by scanning the file once and then keeps it
- * up to date: PUT marks data, PATCH zero marks zero. Used for extents and to skip zeroing ranges
- * that are already zero.
+ * Which byte ranges of the image may hold data. Everything else reads as zeros. The server seeds
+ * this map at open (the file's data ranges, then their non-zero blocks: see image-file.ts) and
+ * then keeps it up to date: PUT marks data, PATCH zero marks zero. Used for extents and to skip
+ * zeroing ranges that are already zero.
  */
 
 export interface Extent {

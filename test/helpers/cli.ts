@@ -282,17 +282,36 @@ export async function startImageio(opts: StartImageioOptions): Promise<TestImage
   };
 }
 
-/** Start `imageio-nbd imageio-server` as a process; resolves with its URL once it listens. */
+/**
+ * Start `imageio-nbd imageio-server` as a process; resolves with its URL once it prints it
+ * (it prints it once it listens). No time limit of its own: how long the server takes to open
+ * its image is not the test's business; the process's own timeout still applies.
+ */
 export async function startImageioProcess(
   args: readonly string[],
   opts: CliOptions = {},
 ): Promise<{ proc: CliProcess; url: string }> {
   const proc = spawnCli(['imageio-server', ...args], opts);
-  const url = await waitFor(() => {
-    if (proc.child.exitCode !== null) throw new Error(`imageio-server exited: ${proc.stderr}`);
-    const line = proc.stdout.split('\n')[0];
-    return proc.stdout.includes('\n') ? line : '';
-  }, 'the imageio-server URL');
+  const url = await new Promise<string>((resolve, reject) => {
+    const stdout = proc.child.stdout!;
+    const done = () => {
+      stdout.off('data', check);
+      proc.child.off('close', onClose);
+    };
+    // Registered after spawnCli's own listener: proc.stdout already holds the chunk.
+    const check = () => {
+      if (!proc.stdout.includes('\n')) return;
+      done();
+      resolve(proc.stdout.split('\n')[0]);
+    };
+    const onClose = () => {
+      done();
+      reject(new Error(`imageio-server exited before printing its URL: ${proc.stderr}`));
+    };
+    stdout.on('data', check);
+    proc.child.once('close', onClose);
+    check();
+  });
   return { proc, url };
 }
 
