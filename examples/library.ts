@@ -13,7 +13,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 // In a project of your own: import { ... } from 'imageio-nbd';
-import { createLogger, NbdServer, openImageioBackend } from '../src';
+import { createLogger, NbdServer, openImageioBackend, PayloadPool } from '../src';
 
 async function main(): Promise<number> {
   const [url, ...rest] = process.argv.slice(2);
@@ -25,8 +25,11 @@ async function main(): Promise<number> {
 
   // 1. Open the transfer: OPTIONS, the connection pool (imageio's unix socket when it is
   //    reachable), and the size. Fails here, with a clear error, if the ticket is bad.
+  // Every payload buffer comes from a pool we own; its bound covers the backend and the server.
+  const pool = new PayloadPool({ maxLiveBytes: 64 * 2 ** 20 });
   const backend = await openImageioBackend({
     url,
+    pool,
     insecure: rest.includes('--insecure'),
     cafile: rest.includes('--cafile') ? rest[rest.indexOf('--cafile') + 1] : undefined,
     logger,
@@ -44,7 +47,7 @@ async function main(): Promise<number> {
   // 3. Serve it over NBD on a private unix socket.
   const dir = mkdtempSync(join(tmpdir(), 'imageio-nbd-example-'));
   const socket = join(dir, 'nbd.sock');
-  const server = new NbdServer({ exports: [{ name: '', backend, description: url }], logger });
+  const server = new NbdServer({ exports: [{ name: '', backend, description: url }], logger, payloadPool: pool });
   await server.listen({ unix: socket });
   try {
     // Any NBD client works now; nbdsh (Debian's python3 has the nbd module) reads our bytes.

@@ -6,6 +6,8 @@
 export type { Backend, BlockSize, Capabilities, Extent, WriteFlags, ZeroFlags } from './core/backend';
 export { EXTENT_HOLE, EXTENT_ZERO, PassthroughLayer } from './core/backend';
 export * from './core/errors';
+export { PayloadPool, releaseBuffer, releaseBuffers, retainBuffer, type PayloadPoolOptions, type PayloadPoolStats } from './core/payload-pool';
+export { MIN_MAX_MEMORY } from './nbd/receive-budget';
 export { createLogger, silentLogger, emitRecord, type Logger, type LogOptions, type LogFilter } from './core/log';
 export { openImageioBackend, ImageioBackend, type ImageioBackendOptions, type ImageioHttpStats } from './backends/imageio';
 export { openFileBackend, FileBackend, type FileBackendOptions } from './backends/file-backend';

@@ -21,7 +21,7 @@ import * as fs from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import type { Backend, Capabilities, WriteFlags, ZeroFlags } from '../core/backend';
-import { payloadPool, releaseBuffer, releaseBuffers, type PayloadPool } from '../core/payload-pool';
+import { releaseBuffer, releaseBuffers, type PayloadPool } from '../core/payload-pool';
 import { BackendError } from '../core/errors';
 import { NbdError } from '../nbd/codec/constants';
 
@@ -34,8 +34,8 @@ let zeroBuffer: Buffer | undefined;
 
 export interface FileBackendOptions {
   readonly?: boolean;
-  /** Where read buffers come from (default the process's payload pool). */
-  pool?: PayloadPool;
+  /** Where read buffers and zeroing scratch come from. */
+  pool: PayloadPool;
 }
 
 export class FileBackend implements Backend {
@@ -49,7 +49,7 @@ export class FileBackend implements Backend {
     private readonly ro: boolean,
     /** Path, for messages. */
     readonly path: string,
-    private readonly pool: PayloadPool = payloadPool,
+    private readonly pool: PayloadPool,
   ) {}
 
   size(): number {
@@ -277,7 +277,7 @@ function dropPrefix(list: readonly Buffer[], n: number): Buffer[] {
 }
 
 /** Open a raw image file; its current size is the export size. */
-export async function openFileBackend(path: string, opts: FileBackendOptions = {}): Promise<FileBackend> {
+export async function openFileBackend(path: string, opts: FileBackendOptions): Promise<FileBackend> {
   const readonly = !!opts.readonly;
   const fh = await open(path, readonly ? 'r' : 'r+');
   try {

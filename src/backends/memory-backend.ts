@@ -9,7 +9,7 @@
  */
 import type { Backend, Capabilities, Extent, WriteFlags, ZeroFlags } from '../core/backend';
 import { EXTENT_HOLE, EXTENT_ZERO } from '../core/backend';
-import { payloadPool, releaseBuffer, type PayloadPool } from '../core/payload-pool';
+import { releaseBuffer, type PayloadPool } from '../core/payload-pool';
 
 const PAGE = 64 * 1024;
 
@@ -19,8 +19,9 @@ export class MemoryBackend implements Backend {
 
   constructor(
     private readonly bytes: number,
-    private readonly readonly = false,
-    private readonly pool: PayloadPool = payloadPool,
+    private readonly readonly: boolean,
+    /** Where read buffers come from. */
+    private readonly pool: PayloadPool,
   ) {
     if (!Number.isSafeInteger(bytes) || bytes < 0) throw new RangeError(`invalid size ${bytes}`);
   }

@@ -11,6 +11,7 @@ import { parseArgs as nodeParseArgs } from 'node:util';
 import { ConfigError } from '../core/errors';
 import { parseSize } from '../core/size';
 import { NBD_DEFAULT_PORT } from '../nbd/codec/constants';
+import { MIN_MAX_MEMORY } from '../nbd/receive-budget';
 import { OPTIONS, UNSUPPORTED_NBDKIT_OPTIONS } from './option-table';
 import { helpText } from './help';
 import { engineConfigFrom, type EngineConfig } from './engine-options';
@@ -408,9 +409,9 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
   const minRate = parseSize(text(a['min-rate']) ?? String(CLI_DEFAULTS.minRate), 'min rate');
   if (minRate < 1) throw new ConfigError(`invalid --min-rate '${text(a['min-rate'])}': at least 1 byte per second, e.g. 1M`);
   const maxMemory = parseSize(text(a['max-memory']) ?? String(CLI_DEFAULTS.maxMemory), 'max memory');
-  // 3/4 of it is what WRITEs being received may hold, and that must take one request of the
-  // advertised maximum block size (32 MiB).
-  if (maxMemory < 48 * 2 ** 20) throw new ConfigError(`invalid --max-memory '${text(a['max-memory'])}': at least 48M`);
+  if (maxMemory < MIN_MAX_MEMORY) {
+    throw new ConfigError(`invalid --max-memory '${text(a['max-memory'])}': at least ${MIN_MAX_MEMORY / 2 ** 20}M`);
+  }
   const coalesceIdle = seconds(a['coalesce-idle'], '--coalesce-idle', 0.001, 3600) ?? CLI_DEFAULTS.coalesceIdleSeconds;
   if (requestSize > 0 && maxBuffer < requestSize) {
     throw new ConfigError(`--max-buffer (${maxBuffer}) must be at least --request-size (${requestSize})`);

@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { payloadPool } from '../core/payload-pool';
+import { PayloadPool } from '../core/payload-pool';
 import type { RunConfig } from './parse';
 import { ConfigError, describeError, ImageioNbdError } from '../core/errors';
 import { describeRoot, findHttpError } from '../layers/failure-journal';
@@ -92,17 +92,6 @@ function nbdUri(exportName: string, where: { unix?: string; port?: number; host?
   return `nbd://${host}:${where.port}/${name}`;
 }
 
-/** The shape of the imageio backend's "connection lost with unflushed writes" log record. */
-interface LossRecord {
-  connection: number | string;
-  bytes: number;
-}
-
-function isLossRecord(o: unknown): o is LossRecord {
-  const r = o as Partial<LossRecord> | null;
-  return !!r && typeof r === 'object' && typeof r.bytes === 'number' && (typeof r.connection === 'number' || typeof r.connection === 'string');
-}
-
 /** One run of the command: from opening the export to the exit status. */
 class ServeSession {
   private readonly logger: Logger;
@@ -131,7 +120,6 @@ class ServeSession {
     const fromStack = (logger as unknown as Record<symbol, unknown>)[STACK_LOGGER] === true;
     // The server's "backend request failed": one per failed NBD request, already in the journal.
     const failedRequest = !!fields && typeof (fields as { errno?: unknown }).errno === 'number' && 'cmd' in (fields as object);
-    if (level >= 50 && isLossRecord(fields) && this.stack) this.stack.journal.noteLoss(String(fields.connection), fields.bytes);
     if (this.config.verbose > 0 || level < 40 || (!fromStack && !failedRequest)) {
       this.progress?.breakLine();
       return true;
@@ -199,10 +187,10 @@ class ServeSession {
     };
     // The probe says it first when it is the one waiting (after 5 s of silence on its connection).
     waitTimer = setTimeout(remind, 6000);
-    // The command owns the process: its bound applies to every payload buffer in it.
-    payloadPool.setMaxLiveBytes(c.maxMemory);
+    // One pool per process, bounded by --max-memory: every payload buffer of the stack and the server.
+    const pool = new PayloadPool({ maxLiveBytes: c.maxMemory });
     try {
-      return await openExport({ ...c, onWaiting }, stackLogger);
+      return await openExport({ ...c, pool, onWaiting }, stackLogger);
     } finally {
       clearTimeout(waitTimer);
     }
@@ -237,6 +225,7 @@ class ServeSession {
         },
       ],
       logger: this.logger,
+      payloadPool: stack.pool,
       maxInFlightPerConnection: c.threads,
     });
     // Listen errors are reported by us, once, not also as a "server error" log line.
@@ -416,7 +405,7 @@ class ServeSession {
       for (const r of statsRecords(stack, processLine, ru)) emitRecord('json', r.text, r.fields, collect);
       text = lines.join('');
     } else {
-      text = stack.stats.format() + '\n' + processLine + '\n' + memoryLine() + '\n';
+      text = stack.stats.format() + '\n' + processLine + '\n' + memoryLine(stack.pool) + '\n';
       if (stack.imageio) text += formatHttpStats(stack.imageio.httpStats());
       if (stack.coalesce) text += `coalesce: ${JSON.stringify(stack.coalesce.stats())}\n`;
       if (stack.readahead) text += `readahead: ${JSON.stringify(stack.readahead.stats())}\n`;

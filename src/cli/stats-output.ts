@@ -1,5 +1,5 @@
 /** Formats the counters printed by --stats after the NBD lines: HTTP requests, and all of it as JSON records. */
-import { payloadPool } from '../core/payload-pool';
+import type { PayloadPool } from '../core/payload-pool';
 import type { ImageioHttpStats } from '../backends/imageio';
 import type { ExportStack } from '../export/open-export';
 import { formatBytes } from '../core/size';
@@ -48,17 +48,17 @@ export function statsRecords(
   }
   if (stack.coalesce) out.push({ text: 'coalesce', fields: { stats: { kind: 'coalesce', ...stack.coalesce.stats() } } });
   if (stack.readahead) out.push({ text: 'readahead', fields: { stats: { kind: 'readahead', ...stack.readahead.stats() } } });
-  const m = payloadPool.stats();
-  out.push({ text: memoryLine(), fields: { stats: { kind: 'memory', ...m, maxLiveBytes: payloadPool.maxLiveBytes } } });
+  const m = stack.pool.stats();
+  out.push({ text: memoryLine(stack.pool), fields: { stats: { kind: 'memory', ...m, maxLiveBytes: stack.pool.maxLiveBytes } } });
   return out;
 }
 
 /** The payload pool at exit: the most data held at once, against the bound (--max-memory). */
-export function memoryLine(): string {
-  const m = payloadPool.stats();
+export function memoryLine(pool: PayloadPool): string {
+  const m = pool.stats();
   const mib = (n: number) => (n / 2 ** 20).toFixed(1);
   return (
-    `memory: peak ${mib(m.peakLiveBytes)} MiB of data held (bound ${mib(payloadPool.maxLiveBytes)} MiB), ` +
+    `memory: peak ${mib(m.peakLiveBytes)} MiB of data held (bound ${mib(pool.maxLiveBytes)} MiB), ` +
     `${mib(m.freeBytes)} MiB kept for reuse, ${m.waits} waits for memory`
   );
 }

@@ -17,8 +17,13 @@
  *   without knowing where it came from.
  * - The pool's live bytes (handed out, not yet released, counted by backing size) never exceed
  *   maxLiveBytes, except that one request bigger than the bound is granted when nothing else is
- *   live. allocate() waits, first come first served, until the bytes fit; tryAllocate()
- *   returns undefined instead.
+ *   live. allocate() waits until the bytes fit; tryAllocate() returns undefined instead.
+ *   Waiters are served in order, but one that does not fit does not hold back later (smaller)
+ *   ones that do: a large request waiting for memory must not stop every small one. What keeps
+ *   a large waiter from waiting for ever is that the memory held by clients is bounded per
+ *   connection above the pool (src/nbd/receive-budget.ts), so held buffers come back.
+ * - There is no process-wide pool: whoever builds the data path (the command, a test, a library
+ *   user) creates one and passes it down, so a bound and a leak belong to their owner.
  * - A buffer dropped without its last release is not lost to the accounting: when the garbage
  *   collector reclaims it, its bytes stop counting as live (and `leaked` counts it). Releasing
  *   is still the rule: it is what lets memory be reused at once.
@@ -31,7 +36,7 @@
 export const MIN_POOLED = 64 * 1024;
 
 export interface PayloadPoolOptions {
-  /** Bound on live bytes (default 256 MiB). */
+  /** Bound on live bytes (default 256 MiB). Fixed for the pool's life: the owner picks it. */
   maxLiveBytes?: number;
   /** Bytes of released buffers kept for reuse (default a quarter of the bound, at most 32 MiB). */
   maxFreeBytes?: number;
@@ -62,9 +67,8 @@ interface Waiter {
 const owners = new WeakMap<ArrayBufferLike, Entry>();
 
 export class PayloadPool {
-  private maxLive: number;
-  private maxFree: number;
-  private readonly fixedMaxFree: boolean;
+  private readonly maxLive: number;
+  private readonly maxFree: number;
   private live = 0;
   private peakLive = 0;
   private freeBytes = 0;
@@ -82,17 +86,8 @@ export class PayloadPool {
 
   constructor(opts: PayloadPoolOptions = {}) {
     this.maxLive = opts.maxLiveBytes ?? 256 * 1024 * 1024;
-    this.fixedMaxFree = opts.maxFreeBytes !== undefined;
     this.maxFree = opts.maxFreeBytes ?? this.maxLive;
     if (!(this.maxLive > 0)) throw new RangeError(`maxLiveBytes must be positive, not ${this.maxLive}`);
-  }
-
-  /** Change the bound (the CLI's --max-memory); waiters that now fit are served. */
-  setMaxLiveBytes(n: number): void {
-    if (!(n > 0)) throw new RangeError(`maxLiveBytes must be positive, not ${n}`);
-    this.maxLive = n;
-    if (!this.fixedMaxFree) this.maxFree = n;
-    this.wake();
   }
 
   get maxLiveBytes(): number {
@@ -107,9 +102,9 @@ export class PayloadPool {
     return { liveBytes: this.live, peakLiveBytes: this.peakLive, freeBytes: this.freeBytes, waits: this.waits, leaked: this.leaked };
   }
 
-  /** A buffer of n bytes with one reference, or undefined if it does not fit now (or others wait). */
+  /** A buffer of n bytes with one reference, or undefined if it does not fit now. */
   tryAllocate(n: number): Buffer | undefined {
-    if (this.waiters.length > 0 || !this.fits(n)) return undefined;
+    if (!this.fits(PayloadPool.sizeClass(n))) return undefined;
     return this.take(n);
   }
 
@@ -126,18 +121,20 @@ export class PayloadPool {
     return n < MIN_POOLED ? Math.max(n, 1) : 2 ** Math.ceil(Math.log2(n));
   }
 
-  private fits(n: number): boolean {
-    return this.live === 0 || this.live + PayloadPool.sizeClass(n) <= this.maxLive;
+  /** Whether `size` more bytes (a backing size) stay within the bound. */
+  private fits(size: number): boolean {
+    return this.live === 0 || this.live + size <= this.maxLive;
   }
 
   private take(n: number): Buffer {
     let size = PayloadPool.sizeClass(n);
     let ab: ArrayBuffer | undefined;
     if (size >= MIN_POOLED) {
-      // The class asked for, else a kept buffer up to twice as big: mixed request sizes (the
-      // last, shorter write of an extent) should not leave kept buffers nobody asks for.
+      // The class asked for, else a kept buffer twice as big: mixed request sizes (the last,
+      // shorter write of an extent) should not leave kept buffers nobody asks for. The bigger
+      // one counts with its own size, so it is taken only if that still fits the bound.
       ab = this.free.get(size)?.pop();
-      if (!ab && this.free.get(size * 2)?.length) {
+      if (!ab && this.free.get(size * 2)?.length && this.live + size * 2 <= this.maxLive) {
         size *= 2;
         ab = this.free.get(size)!.pop();
       }
@@ -175,11 +172,22 @@ export class PayloadPool {
     if (wake) this.wake();
   }
 
+  /** Serve, in order, every waiter that fits; one that does not fit does not stop the others. */
   private wake(): void {
-    while (this.waiters.length > 0 && this.fits(this.waiters[0].n)) {
-      const w = this.waiters.shift()!;
+    for (let i = 0; i < this.waiters.length && this.live < this.maxLive; ) {
+      const w = this.waiters[i];
+      if (!this.fits(PayloadPool.sizeClass(w.n))) {
+        i++;
+        continue;
+      }
+      this.waiters.splice(i, 1);
       w.resolve(this.take(w.n));
     }
+  }
+
+  /** Requests waiting for memory. */
+  get waiting(): number {
+    return this.waiters.length;
   }
 
   /** Drop the buffers kept for reuse (tests, shutdown). */
@@ -230,6 +238,3 @@ export function retainBuffer(buf: Buffer | Uint8Array): void {
 export function bufferRefs(buf: Buffer | Uint8Array): number {
   return PayloadPool.refs(buf);
 }
-
-/** The process's pool, used unless a component is given another. */
-export const payloadPool = new PayloadPool();

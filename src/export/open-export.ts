@@ -8,10 +8,15 @@
  *     naming the scheme to use, without the backend's retries;
  *   - the export size: a size larger than the transfer is refused (imageio would answer 416
  *     to every write past its end); a smaller one is served as a prefix.
+ *
+ * The caller owns the payload pool (its bound covers every buffer of the stack; give the NBD
+ * server the same one) and may pass a data-loss sink; the journal is told of every loss the
+ * backend reports either way, so the summary at exit knows of it without reading any log.
  */
 import type { Backend } from '../core/backend';
 import { PassthroughLayer } from '../core/backend';
 import type { Logger } from '../core/log';
+import type { PayloadPool } from '../core/payload-pool';
 import { silentLogger } from '../core/log';
 import { ConfigError } from '../core/errors';
 import { parseSize, formatSize } from '../core/size';
@@ -28,8 +33,10 @@ import { probeScheme } from '../backends/imageio/start-probe';
 export interface ExportStack {
   /** The top of the stack: what the NBD server serves. */
   top: Backend;
-  /** Failed requests, for the one-line summary (see failure-report.ts). */
+  /** Failed requests and reported data loss, for the one-line summary. */
   journal: FailureJournal;
+  /** The payload pool the stack allocates from (the one given). */
+  pool: PayloadPool;
   stats: StatsLayer;
   coalesce?: CoalesceLayer;
   readahead?: ReadaheadLayer;
@@ -44,6 +51,13 @@ export interface ExportStack {
 export interface ExportOptions {
   /** memory:SIZE, file:///path, or an imageio transfer URL https://HOST:54322/images/TICKET (or http://). */
   url: string;
+  /** Where every payload buffer of the stack comes from; the NBD server serving it must use the same. */
+  pool: PayloadPool;
+  /**
+   * Told, besides the stack's journal, when the backend reports acknowledged writes as possibly
+   * lost: `connection` names the imageio connection, `bytes` is how much.
+   */
+  onDataLoss?: (connection: string, bytes: number) => void;
   /** Export size; must not exceed the transfer's size (default: the size imageio reports). */
   size?: number;
   /** CA file to verify imageio's certificate. */
@@ -89,7 +103,7 @@ export const EXPORT_DEFAULTS = {
   retries: DEFAULTS.retries,
   keepAliveMs: DEFAULTS.keepAliveMs,
   readonly: DEFAULTS.readonly,
-} as const satisfies Partial<ExportOptions>;
+} as const satisfies Partial<Omit<ExportOptions, 'pool' | 'onDataLoss'>>;
 
 /** Serves a prefix of a larger backend: --size below the transfer's size. */
 class SizeLimit extends PassthroughLayer {
@@ -111,13 +125,20 @@ class SizeLimit extends PassthroughLayer {
 export async function openExport(options: ExportOptions, logger: Logger = silentLogger()): Promise<ExportStack> {
   const opts = { ...EXPORT_DEFAULTS, ...stripUndefined(options), url: options.url };
   const { url } = opts;
+  const { pool } = options;
+  // The journal is built last, on top; the backend reports losses from the first write on.
+  const top: { journal?: FailureJournal } = {};
+  const onDataLoss = (connection: string, bytes: number) => {
+    top.journal?.onDataLoss(connection, bytes);
+    options.onDataLoss?.(connection, bytes);
+  };
   let base: Backend;
   let imageio: ImageioBackend | undefined;
   let describe: string;
   if (url.startsWith('memory:')) {
     const size = parseSize(url.slice('memory:'.length), 'memory size');
     if (size === 0) throw new ConfigError('memory:SIZE needs a size above 0, e.g. memory:1G');
-    base = new MemoryBackend(size, opts.readonly);
+    base = new MemoryBackend(size, opts.readonly, pool);
     describe = 'memory disk';
   } else if (url.startsWith('file:')) {
     let path: string;
@@ -128,7 +149,7 @@ export async function openExport(options: ExportOptions, logger: Logger = silent
     } catch {
       throw new ConfigError(`invalid file URL '${url}': use file:///absolute/path`);
     }
-    base = await openFileBackend(path, { readonly: opts.readonly });
+    base = await openFileBackend(path, { readonly: opts.readonly, pool });
     describe = `file ${path}`;
   } else {
     let parsed: URL | undefined;
@@ -154,6 +175,8 @@ export async function openExport(options: ExportOptions, logger: Logger = silent
       minRate: opts.minRate,
       retries: opts.retries,
       keepAliveIdleMs: opts.keepAliveMs,
+      pool,
+      onDataLoss,
       logger,
     };
     // The size imageio reports is the limit: open without --size to learn it, then compare.
@@ -188,6 +211,7 @@ export async function openExport(options: ExportOptions, logger: Logger = silent
       maxBufferedBytes: opts.maxBuffer,
       maxInFlight: imageio.httpStats().poolSize,
       idleMs: opts.coalesceIdleMs,
+      pool,
       logger,
     });
     inner = coalesce;
@@ -196,16 +220,16 @@ export async function openExport(options: ExportOptions, logger: Logger = silent
   if (imageio && opts.readahead > 0) {
     // Above every layer that writes, so that writes through it drop the windows they overlap.
     const { ReadaheadLayer } = require('../layers/readahead-layer') as typeof import('../layers/readahead-layer');
-    readahead = new ReadaheadLayer(inner, { windowSize: opts.readahead, maxWindows: 4 });
+    readahead = new ReadaheadLayer(inner, { windowSize: opts.readahead, maxWindows: 4, pool });
     inner = readahead;
   }
   const stats = new StatsLayer(inner);
-  const journal = new FailureJournal(stats);
+  const journal = (top.journal = new FailureJournal(stats));
   // imageio: 4 KiB, so that clients keep their own request sizes and detect zeroes finely
   // (with 8 MiB nbdcopy sent 57% more data than the image held); coalescing and read-ahead
   // make the HTTP requests large.
   const preferredBlockSize = opts.preferredBlockSize ?? (imageio ? 4096 : 4 * MiB);
-  return { top: journal, journal, stats, coalesce, readahead, imageio, preferredBlockSize, describe };
+  return { top: journal, journal, pool, stats, coalesce, readahead, imageio, preferredBlockSize, describe };
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {

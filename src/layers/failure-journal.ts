@@ -57,10 +57,13 @@ export class FailureJournal extends PassthroughLayer {
     this.failures.push({ op, err });
   }
 
-  /** The backend reported `bytes` of acknowledged writes on `connection` as possibly lost. */
-  noteLoss(connection: string, bytes: number): void {
+  /**
+   * The backend reported `bytes` of acknowledged writes on `connection` as possibly lost: the
+   * data-loss sink openExport() gives the backend (a bound function, so it can be passed as is).
+   */
+  readonly onDataLoss = (connection: string, bytes: number): void => {
     this.lost.set(connection, (this.lost.get(connection) ?? 0) + bytes);
-  }
+  };
 
   get failed(): boolean {
     return this.failures.length > 0;

@@ -37,7 +37,7 @@
  *   straight through, so an error is reported for the read that really fails.
  */
 import { PassthroughLayer, EXTENT_HOLE, EXTENT_ZERO, type Backend, type Extent, type WriteFlags, type ZeroFlags } from '../core/backend';
-import { payloadPool, releaseBuffer, retainBuffer, type PayloadPool } from '../core/payload-pool';
+import { releaseBuffer, retainBuffer, type PayloadPool } from '../core/payload-pool';
 
 const MiB = 1024 * 1024;
 
@@ -48,8 +48,8 @@ export interface ReadaheadOptions {
   maxWindows?: number;
   /** A window not read for this long may be dropped to make room for another. Default 2000 ms. */
   staleMs?: number;
-  /** Pool for reads that span two windows. Default the process's payloadPool. */
-  pool?: PayloadPool;
+  /** Pool for the windows and for reads that span two of them. */
+  pool: PayloadPool;
 }
 
 export interface ReadaheadStats {
@@ -160,12 +160,12 @@ export class ReadaheadLayer extends PassthroughLayer {
     peakHeldBytes: 0,
   };
 
-  constructor(inner: Backend, opts: ReadaheadOptions = {}) {
+  constructor(inner: Backend, opts: ReadaheadOptions) {
     super(inner);
     this.windowSize = opts.windowSize ?? 8 * MiB;
     const maxWindows = opts.maxWindows ?? 4;
     this.staleMs = opts.staleMs ?? 2000;
-    this.pool = opts.pool ?? payloadPool;
+    this.pool = opts.pool;
     if (!Number.isSafeInteger(this.windowSize) || this.windowSize <= 0) {
       throw new RangeError(`readahead: windowSize must be a positive integer, got ${this.windowSize}`);
     }

@@ -32,7 +32,7 @@ import {
 import { toBlockDescriptors } from './block-status';
 import type { ExportConfig } from './export';
 import { Handshake, type OptionOutcome, type TransmissionParams } from './handshake';
-import type { PayloadWaiter, ReceiveBudget } from './receive-budget';
+import { MAX_PAYLOAD, type ClientAccount, type PayloadWaiter, type ReceiveBudget } from './receive-budget';
 import { adoptWithUserBuffers } from './socket-reader';
 
 export interface ConnectionOptions {
@@ -44,11 +44,11 @@ export interface ConnectionOptions {
   maxInFlight: number;
   /** READ/WRITE bytes of requests in flight before we stop taking more (at least one runs). */
   maxPendingBytes: number;
-  /** Reply bytes queued in the socket before we stop taking requests. */
+  /** Reply bytes queued in the socket before we stop taking requests (below the memory bound). */
   maxWriteBuffer: number;
   maxOptions: number;
   decoderLimits?: Partial<DecoderLimits>;
-  /** Where WRITE payload buffers come from (shared by the server's connections). */
+  /** The payload memory clients hold, shared fairly by the server's connections. */
   budget: ReceiveBudget;
   /**
    * 'onread' (default): read into the decoder's buffers. 'data': take the socket's 'data'
@@ -57,8 +57,7 @@ export interface ConnectionOptions {
   readMode?: 'onread' | 'data';
 }
 
-/** READ and WRITE payloads accepted whatever block size is advertised (libnbd caps at 64 MiB). */
-export const MAX_PAYLOAD = 64 * 1024 * 1024;
+export { MAX_PAYLOAD } from './receive-budget';
 
 const COMMAND_NAMES: Record<number, string> = {
   [Command.READ]: 'read',
@@ -103,9 +102,11 @@ export class NbdConnection implements PayloadWaiter {
   private readonly decoder: NbdDecoder;
   /** Largest READ/WRITE payload served (see ReceiveBudget.payloadLimit). */
   private get payloadLimit(): number {
-    return Math.min(MAX_PAYLOAD, this.budget.payloadLimit);
+    return this.budget.payloadLimit;
   }
   private readonly budget: ReceiveBudget;
+  /** What this connection holds of the clients' memory: payloads being received, replies not yet sent. */
+  private readonly account: ClientAccount;
   private readonly socket: Socket;
   private readonly handshake: Handshake;
   private tx: TransmissionParams | undefined;
@@ -130,9 +131,10 @@ export class NbdConnection implements PayloadWaiter {
     this.log = opts.logger.child({ conn: opts.id });
     this.debug = this.log.isLevelEnabled('debug');
     this.budget = opts.budget;
+    this.account = opts.budget.account();
     this.decoder = new NbdDecoder(
       { maxPayload: Math.min(MAX_PAYLOAD, opts.budget.payloadLimit), ...opts.decoderLimits },
-      { allocatePayload: (n) => (this.waitingMemory ? undefined : this.budget.tryTake(n)) },
+      { allocatePayload: (n) => (this.waitingMemory ? undefined : this.account.tryTake(n)) },
     );
     this.handshake = new Handshake(opts.exports, this.log, { maxOptions: opts.maxOptions });
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
@@ -206,7 +208,7 @@ export class NbdConnection implements PayloadWaiter {
           if (!this.waitingMemory) {
             this.waitingMemory = true;
             if (this.debug) this.log.debug({ bytes: this.decoder.payloadWanted }, 'waiting for payload memory');
-            this.budget.wait(this.decoder.payloadWanted, this);
+            this.account.wait(this.decoder.payloadWanted, this);
           }
         }
         break;
@@ -234,7 +236,7 @@ export class NbdConnection implements PayloadWaiter {
     this.waitingMemory = false;
     if (this.closed || this.stopReading || this.decoder.payloadWanted !== buf.length) {
       releaseBuffer(buf);
-      this.budget.done(buf.length);
+      this.account.done(buf.length);
       return;
     }
     this.decoder.providePayload(buf);
@@ -243,11 +245,11 @@ export class NbdConnection implements PayloadWaiter {
 
   /** The socket is closed: give back the payload being received, stop waiting for memory. */
   private releaseInput(): void {
-    if (this.waitingMemory) this.budget.cancel(this);
+    this.account.close();
     const buf = this.decoder.abandon();
     if (buf) {
       releaseBuffer(buf);
-      this.budget.done(buf.length);
+      this.account.done(buf.length);
     }
   }
 
@@ -285,7 +287,7 @@ export class NbdConnection implements PayloadWaiter {
         return;
       case 'request':
         // A WRITE payload is complete: it no longer counts as being received.
-        if (msg.data && msg.data.length > 0) this.budget.done(msg.data.length);
+        if (msg.data && msg.data.length > 0) this.account.done(msg.data.length);
         this.handleRequest(msg.header, msg.data);
         return;
       case 'requestTooBig': {
@@ -447,20 +449,18 @@ export class NbdConnection implements PayloadWaiter {
     return undefined;
   }
 
-  /** Exactly one backend call, then the reply. Rejections are answered by the caller. */
+  /**
+   * One backend call, then the reply. Rejections are answered by the caller. The exception is
+   * a structured READ whose reply memory cannot be had in one piece (see receive-budget.ts): it
+   * is read and answered in pieces, one OFFSET_DATA chunk each.
+   */
   private async dispatch(h: RequestHeader, data: Buffer | undefined, tx: TransmissionParams): Promise<void> {
     const b = tx.export.backend;
     const fua = (h.flags & CommandFlag.FUA) !== 0;
     switch (h.type) {
-      case Command.READ: {
-        const buf = await b.pread(h.offset, h.length);
-        if (buf.length !== h.length) {
-          releaseBuffer(buf);
-          throw new Error(`backend returned ${buf.length} of ${h.length} bytes`);
-        }
-        this.sendRead(h, buf, tx.structuredReplies);
+      case Command.READ:
+        await this.read(h, b, tx.structuredReplies);
         return;
-      }
       case Command.WRITE:
         // The backend takes over our reference to the payload (and releases it).
         await b.pwrite(data!, h.offset, fua ? WRITE_FUA : undefined);
@@ -498,23 +498,62 @@ export class NbdConnection implements PayloadWaiter {
     this.write(encodeSimpleReply(h.cookie, NbdError.OK));
   }
 
+  /**
+   * A READ: its reply memory is counted from before the backend call until the socket has
+   * taken the reply, so a client that does not read its replies holds only its own share.
+   */
+  private async read(h: RequestHeader, b: ExportConfig['backend'], structured: boolean): Promise<void> {
+    let done = 0;
+    while (done < h.length) {
+      const want = h.length - done;
+      let granted = this.account.tryReply(want, structured);
+      if (granted === 0) {
+        if (this.debug) this.log.debug({ bytes: want }, 'waiting for reply memory');
+        granted = await this.account.waitReply(want, structured);
+        if (granted === 0) return; // the connection closed: nobody to answer
+      }
+      let buf: Buffer;
+      try {
+        buf = await b.pread(h.offset + done, granted);
+      } catch (err) {
+        this.account.replySent(granted);
+        throw err;
+      }
+      if (buf.length !== granted) {
+        releaseBuffer(buf);
+        this.account.replySent(granted);
+        throw new Error(`backend returned ${buf.length} of ${granted} bytes`);
+      }
+      this.sendRead(h, h.offset + done, buf, structured, done + granted === h.length, granted);
+      done += granted;
+      if (!this.writable()) return;
+    }
+  }
+
   // -------------------------------------------------------------------------------------------
   // Output
 
-  /** Header and data back to back, no copy; the data's reference is released once written. */
-  private sendRead(h: RequestHeader, data: Buffer, structured: boolean): void {
-    if (!this.writable()) {
+  /**
+   * Header and data back to back, no copy; the data's reference, and the reply memory counted
+   * for it (`counted` bytes), are given back once the socket has taken it.
+   */
+  private sendRead(h: RequestHeader, offset: number, data: Buffer, structured: boolean, last: boolean, counted: number): void {
+    const sent = () => {
       releaseBuffer(data);
+      this.account.replySent(counted);
+    };
+    if (!this.writable()) {
+      sent();
       return;
     }
     const header = structured
-      ? encodeOffsetDataHeader(h.cookie, h.offset, data.length, true)
+      ? encodeOffsetDataHeader(h.cookie, offset, data.length, last)
       : encodeSimpleReply(h.cookie, NbdError.OK);
     this.socket.cork();
     this.socket.write(header);
     // The callback runs once the bytes are written, or with an error if the socket fails or is
     // destroyed first: either way the buffer is ours to release then.
-    this.socket.write(data, () => releaseBuffer(data));
+    this.socket.write(data, sent);
     this.socket.uncork();
   }
 

@@ -14,7 +14,7 @@ import { silentLogger } from '../core/log';
 import { describeError } from '../core/errors';
 import { NbdConnection } from './connection';
 import type { ExportConfig } from './export';
-import { payloadPool as globalPayloadPool, type PayloadPool } from '../core/payload-pool';
+import type { PayloadPool } from '../core/payload-pool';
 import { ReceiveBudget } from './receive-budget';
 
 export type { ExportConfig } from './export';
@@ -32,16 +32,12 @@ export interface NbdServerOptions {
   /** Options accepted per connection before it is dropped; default 256. */
   maxOptions?: number;
   /**
-   * Where WRITE payload buffers come from; default the process's payloadPool, which the
-   * backends and layers share, so one bound covers all payload memory.
+   * Where WRITE payload buffers come from: the pool the export's backend and layers use, so
+   * that its bound covers all payload memory (partly received WRITEs, payloads waiting for the
+   * backend, READ replies waiting for a slow client). What clients hold is shared fairly
+   * between connections within 3/4 of the bound (see receive-budget.ts).
    */
-  payloadPool?: PayloadPool;
-  /**
-   * Bound on payload memory (the pool's live bytes): partly received WRITEs, payloads waiting
-   * for the backend, READ replies waiting for a slow client. Sets the pool's bound when given
-   * (the pool's default is 256 MiB). Partly received WRITEs may hold at most 3/4 of it.
-   */
-  maxMemoryBytes?: number;
+  payloadPool: PayloadPool;
   /** How sockets are read: 'onread' (default, zero-copy) or 'data' (events, one copy). */
   readMode?: 'onread' | 'data';
 }
@@ -64,9 +60,7 @@ export class NbdServer extends EventEmitter {
     if (opts.exports.length === 0) throw new RangeError('NbdServer needs at least one export');
     this.opts = opts;
     this.log = opts.logger ?? silentLogger();
-    const pool = opts.payloadPool ?? globalPayloadPool;
-    if (opts.maxMemoryBytes !== undefined) pool.setMaxLiveBytes(opts.maxMemoryBytes);
-    this.budget = new ReceiveBudget(pool);
+    this.budget = new ReceiveBudget(opts.payloadPool);
     // Half-open: a client that shuts down its sending side still gets its replies.
     // Paused: the connection re-wraps the socket to read into its own buffers (socket-reader.ts)
     // and nothing may be read before that.
@@ -81,13 +75,14 @@ export class NbdServer extends EventEmitter {
     return this.connections.size;
   }
 
-  /** Payload memory: the pool's live bytes and bound, and what WRITEs being received hold. */
-  memoryStats(): { liveBytes: number; maxLiveBytes: number; receivingBytes: number; waiting: number } {
+  /** Payload memory: the pool's live bytes and bound, what clients hold (WRITEs being received, unsent replies), and requests waiting. */
+  memoryStats(): { liveBytes: number; maxLiveBytes: number; receivingBytes: number; clientBytes: number; waiting: number } {
     const pool = this.budget.pool;
     return {
       liveBytes: pool.liveBytes,
       maxLiveBytes: pool.maxLiveBytes,
       receivingBytes: this.budget.receivingBytes,
+      clientBytes: this.budget.heldBytes,
       waiting: this.budget.waiting,
     };
   }
@@ -144,7 +139,8 @@ export class NbdServer extends EventEmitter {
       handshakeTimeoutMs: this.opts.handshakeTimeoutMs ?? 10000,
       maxInFlight: Math.max(1, this.opts.maxInFlightPerConnection ?? 64),
       maxPendingBytes: this.opts.maxPendingBytesPerConnection ?? 64 * 1024 * 1024,
-      maxWriteBuffer: 64 * 1024 * 1024,
+      // Below the bound: a client that does not read its replies stops being served at its share.
+      maxWriteBuffer: this.budget.replyCap,
       maxOptions: this.opts.maxOptions ?? 256,
       budget: this.budget,
       readMode: this.opts.readMode,

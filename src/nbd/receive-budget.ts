@@ -1,17 +1,44 @@
 /**
- * Memory for WRITE payloads still being received, shared by every connection of a server.
+ * The payload memory clients hold, shared fairly by the connections of a server.
  *
  * Every payload buffer comes from the payload pool, whose bound covers all payload memory of the
- * process. A payload being received, though, is held by the client: one that sends a 64 MiB WRITE
- * header and then stalls keeps 64 MiB forever. If such payloads could take the whole pool, READ
- * replies and the backend (which need pool memory to make progress) would wait behind them for
- * good. So payloads being received may hold at most `share` of the pool's bound (3/4 by
- * default); the rest stays for work that finishes on its own. One payload bigger than that is
- * still admitted when no other is being received, as the pool does with its bound.
+ * data path. Two kinds of it are held by a client rather than by work that finishes on its own:
+ * a WRITE payload being received (a client that sends a 32 MiB WRITE header and stalls keeps it
+ * for good) and a READ reply until the socket has taken it (a client that stops reading keeps
+ * it for good). If such memory could take the whole pool, the backend and every other client
+ * would wait behind one stalled client. So:
  *
- * Requests that do not fit wait first come first served; their connections stop reading.
+ * - what clients hold, together, is at most CLIENT_SHARE (3/4) of the pool's bound: the rest is
+ *   for work that finishes on its own (the backend, coalescing, read-ahead);
+ * - while other connections wait, a connection that already holds memory gets more only up to
+ *   its fair share (that 3/4 divided among the connections holding or waiting), and waiters
+ *   are served least-holding first, skipping any that does not fit: a large waiter does not
+ *   block a small request that fits;
+ * - READ replies one connection holds are capped at REPLY_SHARE of what clients may hold (below
+ *   the bound), except one whole reply, which a client without structured replies must get in
+ *   one piece; with structured replies a larger READ is answered in pieces (see connection.ts);
+ * - a connection holding nothing is always admitted if the total fits, and one payload bigger
+ *   than the clients' share is admitted when nobody holds anything, as the pool does.
+ *
+ * Requests that do not fit wait; their connection stops reading meanwhile.
  */
 import { PayloadPool } from '../core/payload-pool';
+
+/** READ and WRITE payloads accepted whatever block size is advertised (libnbd caps at 64 MiB). */
+export const MAX_PAYLOAD = 64 * 1024 * 1024;
+
+/** The part of the pool's bound that memory held by clients may take. */
+export const CLIENT_SHARE = 0.75;
+
+/** The part of the clients' memory that one connection's READ replies may take. */
+export const REPLY_SHARE = 0.5;
+
+/**
+ * The smallest bound (--max-memory) a server accepts: the clients' share of it takes the
+ * largest payload accepted (MAX_PAYLOAD) at 3/4 of it, i.e. a WRITE of the advertised maximum
+ * block size (32 MiB) with room left for other clients' replies.
+ */
+export const MIN_MAX_MEMORY = CLIENT_SHARE * MAX_PAYLOAD;
 
 /** A connection waiting for payload memory. */
 export interface PayloadWaiter {
@@ -19,85 +46,223 @@ export interface PayloadWaiter {
   payloadReady(buf: Buffer): void;
 }
 
+type Kind = 'receive' | 'reply';
+
 interface Waiting {
-  n: number;
-  who: PayloadWaiter;
+  account: ClientAccount;
+  /** Bytes counted: the pool size class of the request. */
+  size: number;
+  kind: Kind;
+  grant: () => void;
+  /** Its connection closed before it was served. */
+  cancelled?: () => void;
 }
+
+/** Pieces a large READ is split into when its whole size cannot be had: at least this. */
+const MIN_PIECE = 1024 * 1024;
 
 export class ReceiveBudget {
   private used = 0;
+  private receiving = 0;
   private readonly queue: Waiting[] = [];
+  private readonly active = new Set<ClientAccount>();
 
-  constructor(
-    readonly pool: PayloadPool,
-    private readonly share = 0.75,
-  ) {}
+  constructor(readonly pool: PayloadPool) {}
+
+  /** What clients may hold together. */
+  get limit(): number {
+    return Math.floor(this.pool.maxLiveBytes * CLIENT_SHARE);
+  }
+
+  /** READ reply bytes one connection may hold (beyond one whole reply); below the bound. */
+  get replyCap(): number {
+    return Math.floor(this.limit * REPLY_SHARE);
+  }
 
   /**
-   * The largest READ or WRITE payload served: at most the receive share of the bound, so that
-   * one stalled client can never hold all of it (larger ones are refused with an error; the
+   * The largest READ or WRITE payload served: at most what clients may hold, so that one
+   * stalled client can never hold all of the pool (larger ones are refused with an error; the
    * advertised maximum block size is smaller, so conforming clients never send them).
    */
   get payloadLimit(): number {
-    return Math.floor(this.pool.maxLiveBytes * this.share);
+    return Math.min(MAX_PAYLOAD, this.limit);
   }
 
   /** Bytes (by pool size class) of payloads being received. */
   get receivingBytes(): number {
+    return this.receiving;
+  }
+
+  /** Bytes (by pool size class) held by clients: payloads being received and replies not yet sent. */
+  get heldBytes(): number {
     return this.used;
   }
 
-  /** Connections waiting for payload memory. */
+  /** Requests waiting for memory. */
   get waiting(): number {
     return this.queue.length;
   }
 
-  /** A payload buffer of n bytes now, or undefined (then call wait()). */
-  tryTake(n: number): Buffer | undefined {
-    if (this.queue.length > 0) return undefined;
-    const size = PayloadPool.sizeClass(n);
-    if (!this.fits(size)) return undefined;
-    const buf = this.pool.tryAllocate(n);
-    if (buf) this.used += size;
-    return buf;
+  /** The account of one connection. */
+  account(): ClientAccount {
+    return new ClientAccount(this);
   }
 
-  /** Queue for a payload buffer of n bytes; `who.payloadReady` gets it once there is room. */
-  wait(n: number, who: PayloadWaiter): void {
-    this.queue.push({ n, who });
+  /** @internal whether `a` may take `size` more bytes of `kind` now. */
+  allows(a: ClientAccount, size: number, kind: Kind): boolean {
+    if (this.used > 0 && this.used + size > this.limit) return false;
+    if (kind === 'reply' && a.replies > 0 && a.replies + size > this.replyCap) return false;
+    if (a.held > 0 && a.held + size > this.fairShare() && this.queue.some((w) => w.account !== a)) return false;
+    return true;
+  }
+
+  private fairShare(): number {
+    return this.limit / Math.max(1, this.active.size);
+  }
+
+  /** @internal count `size` bytes of `kind` as held by `a`. */
+  take(a: ClientAccount, size: number, kind: Kind): void {
+    this.used += size;
+    a.held += size;
+    if (kind === 'reply') a.replies += size;
+    else this.receiving += size;
+    this.active.add(a);
+  }
+
+  /** @internal `a` no longer holds `size` bytes of `kind`. */
+  give(a: ClientAccount, size: number, kind: Kind): void {
+    this.used -= size;
+    a.held -= size;
+    if (kind === 'reply') a.replies -= size;
+    else this.receiving -= size;
+    if (a.held === 0 && !this.queue.some((w) => w.account === a)) this.active.delete(a);
     this.wake();
   }
 
-  /** Forget a waiter (its connection closed). A buffer already on its way still arrives. */
-  cancel(who: PayloadWaiter): void {
-    const i = this.queue.findIndex((w) => w.who === who);
-    if (i >= 0) this.queue.splice(i, 1);
-    if (i === 0) this.wake();
+  /** @internal queue a request; `grant` runs once it has been counted. */
+  enqueue(w: Waiting): void {
+    this.queue.push(w);
+    this.active.add(w.account);
+    this.wake();
   }
 
-  /** A payload of n bytes is no longer being received (complete, or abandoned). */
-  done(n: number): void {
-    this.used -= PayloadPool.sizeClass(n);
-    if (this.queue.length > 0) this.wake();
-  }
-
-  private fits(size: number): boolean {
-    return this.used === 0 || this.used + size <= this.pool.maxLiveBytes * this.share;
-  }
-
-  private wake(): void {
-    while (this.queue.length > 0) {
-      const w = this.queue[0];
-      const size = PayloadPool.sizeClass(w.n);
-      if (!this.fits(size)) return;
-      this.queue.shift();
-      this.used += size;
-      // Admitted; the pool may still make it wait (its own FIFO) if other users hold memory.
-      // Delivered from a microtask: the waiter's connection pumps, and that must not run inside
-      // another connection's pump (done() is called from there).
-      const buf = this.pool.tryAllocate(w.n);
-      if (buf) queueMicrotask(() => w.who.payloadReady(buf));
-      else void this.pool.allocate(w.n).then((b) => w.who.payloadReady(b));
+  /** @internal forget every waiter of `a`. */
+  cancel(a: ClientAccount): void {
+    const before = this.queue.length;
+    for (let i = this.queue.length - 1; i >= 0; i--) {
+      if (this.queue[i].account !== a) continue;
+      const [w] = this.queue.splice(i, 1);
+      w.cancelled?.();
     }
+    if (a.held === 0) this.active.delete(a);
+    if (this.queue.length !== before) this.wake();
+  }
+
+  /** Serve waiters least-holding first (then in order), each one that fits. */
+  private wake(): void {
+    let served = true;
+    while (served && this.queue.length > 0) {
+      served = false;
+      const order = [...this.queue].sort((x, y) => x.account.held - y.account.held);
+      for (const w of order) {
+        if (!this.allows(w.account, w.size, w.kind)) continue;
+        this.queue.splice(this.queue.indexOf(w), 1);
+        this.take(w.account, w.size, w.kind);
+        w.grant();
+        served = true;
+        break; // the shares changed: sort again
+      }
+    }
+  }
+}
+
+/** What one connection holds, and its requests for more. */
+export class ClientAccount {
+  /** @internal bytes held: payloads being received and replies not yet sent */
+  held = 0;
+  /** @internal bytes of replies held */
+  replies = 0;
+  private closed = false;
+
+  constructor(private readonly budget: ReceiveBudget) {}
+
+  /** A WRITE payload buffer of n bytes now, or undefined (then call wait()). */
+  tryTake(n: number): Buffer | undefined {
+    const size = PayloadPool.sizeClass(n);
+    if (!this.budget.allows(this, size, 'receive')) return undefined;
+    const buf = this.budget.pool.tryAllocate(n);
+    if (buf) this.budget.take(this, size, 'receive');
+    return buf;
+  }
+
+  /** Queue for a WRITE payload buffer of n bytes; `who.payloadReady` gets it once there is room. */
+  wait(n: number, who: PayloadWaiter): void {
+    const pool = this.budget.pool;
+    this.budget.enqueue({
+      account: this,
+      size: PayloadPool.sizeClass(n),
+      kind: 'receive',
+      grant: () => {
+        // Admitted; the pool may still make it wait if work that finishes on its own holds
+        // memory. Delivered from a microtask: the waiter's connection pumps, and that must not
+        // run inside another connection's pump (done() is called from there).
+        const buf = pool.tryAllocate(n);
+        if (buf) queueMicrotask(() => who.payloadReady(buf));
+        else void pool.allocate(n).then((b) => who.payloadReady(b));
+      },
+    });
+  }
+
+  /** A WRITE payload of n bytes is no longer being received (complete, or abandoned). */
+  done(n: number): void {
+    this.budget.give(this, PayloadPool.sizeClass(n), 'receive');
+  }
+
+  /**
+   * Reply memory for a READ of `length` bytes, now: the length granted (all of it, or with
+   * `split` a piece of at least 1 MiB, a power of two), or 0 if nothing fits now. Without
+   * `split` the whole reply is asked for, and a reply above the reply cap only while this
+   * connection holds no other reply.
+   */
+  tryReply(length: number, split: boolean): number {
+    if (this.closed) return 0;
+    const whole = PayloadPool.sizeClass(length);
+    const cap = this.budget.replyCap;
+    if ((!split || whole <= cap) && this.budget.allows(this, whole, 'reply')) {
+      this.budget.take(this, whole, 'reply');
+      return length;
+    }
+    if (!split) return 0;
+    for (let piece = 2 ** Math.floor(Math.log2(Math.min(length, cap))); piece >= MIN_PIECE; piece /= 2) {
+      if (piece >= length) continue;
+      if (this.budget.allows(this, piece, 'reply')) {
+        this.budget.take(this, piece, 'reply');
+        return piece;
+      }
+    }
+    return 0;
+  }
+
+  /**
+   * Wait for reply memory: the whole `length`, or with `split` a piece of at most 1 MiB.
+   * Resolves with the length granted, or 0 if the connection closed first.
+   */
+  waitReply(length: number, split: boolean): Promise<number> {
+    const n = split ? Math.min(length, MIN_PIECE) : length;
+    if (this.closed) return Promise.resolve(0);
+    return new Promise((resolve) =>
+      this.budget.enqueue({ account: this, size: PayloadPool.sizeClass(n), kind: 'reply', grant: () => resolve(n), cancelled: () => resolve(0) }),
+    );
+  }
+
+  /** Reply memory for `length` bytes (as granted) is no longer held: the socket took the reply. */
+  replySent(length: number): void {
+    this.budget.give(this, PayloadPool.sizeClass(length), 'reply');
+  }
+
+  /** The connection closed: stop waiting (what it holds is given back by done()/replySent()). */
+  close(): void {
+    this.closed = true;
+    this.budget.cancel(this);
   }
 }

@@ -6,6 +6,7 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { openExport } from '../../src/export/open-export';
+import { PayloadPool } from '../../src/core/payload-pool';
 import { e2eSuite, makePki, MiB, runCli, spawnCli, waitFor, compareFiles } from '../helpers/cli';
 
 const SIZE = 32 * MiB;
@@ -197,7 +198,7 @@ describe('failures mid-transfer', () => {
       return true;
     }) as typeof process.stderr.write;
     try {
-      const stack = await openExport({ url: s.url, requestSize: 0, retries: 0 }); // only the URL is required
+      const stack = await openExport({ url: s.url, pool: new PayloadPool(), requestSize: 0, retries: 0 }); // only the URL and the pool are required
       await expect(stack.top.pwrite(Buffer.alloc(4096, 1), 0)).rejects.toThrow(/HTTP 500/);
       await stack.top.close().catch(() => undefined);
     } finally {

@@ -15,6 +15,7 @@ import { ImageioServer, type ImageioServerOptions } from '../../sim/imageio-serv
 import { makePki, waitAllClosed, type TestPki } from '../helpers/cli';
 import type { Logger } from '../../src/core/log';
 import { NbdError } from '../../src/nbd/codec/constants';
+import { PayloadPool } from '../../src/core/payload-pool';
 
 const MiB = 1 << 20;
 
@@ -54,7 +55,7 @@ async function startServer(opts: Partial<ImageioServerOptions> = {}, size = 64 *
 
 async function open(server: ImageioServer | string, opts: Partial<ImageioBackendOptions> = {}): Promise<ImageioBackend> {
   const url = typeof server === 'string' ? server : server.url;
-  const b = await openImageioBackend({ url, retries: 2, ...opts });
+  const b = await openImageioBackend({ url, retries: 2, pool: new PayloadPool(), ...opts });
   cleanups.push(() => b.close());
   return b;
 }
@@ -163,7 +164,7 @@ describe('negotiation', () => {
     const server = await startServer();
     const url = server.url;
     await server.close();
-    const err = await openImageioBackend({ url, retries: 0 }).catch((e) => e);
+    const err = await openImageioBackend({ url, pool: new PayloadPool(), retries: 0 }).catch((e) => e);
     expect(err).toBeInstanceOf(HttpError);
     expect(err.failure).toMatchObject({ method: 'OPTIONS', code: 'ECONNREFUSED' });
     expect(err.message).toMatch(/ECONNREFUSED/);
@@ -171,15 +172,15 @@ describe('negotiation', () => {
 
   test('unknown ticket: TicketError with the server message', async () => {
     const server = await startServer();
-    const err = await openImageioBackend({ url: server.url.replace(/[^/]+$/, 'no-such-ticket') }).catch((e) => e);
+    const err = await openImageioBackend({ url: server.url.replace(/[^/]+$/, 'no-such-ticket'), pool: new PayloadPool() }).catch((e) => e);
     expect(err).toBeInstanceOf(TicketError);
     expect(err.message).toMatch(/No such ticket no-such-ticket/);
   });
 
   test('bad URLs are ConfigErrors', async () => {
-    await expect(openImageioBackend({ url: 'nbd://x/images/t' })).rejects.toBeInstanceOf(ConfigError);
-    await expect(openImageioBackend({ url: 'http://x/foo' })).rejects.toBeInstanceOf(ConfigError);
-    await expect(openImageioBackend({ url: 'https://x/images/t', cafile: path.join(dir, 'none.pem') })).rejects.toThrow(
+    await expect(openImageioBackend({ url: 'nbd://x/images/t', pool: new PayloadPool() })).rejects.toBeInstanceOf(ConfigError);
+    await expect(openImageioBackend({ url: 'http://x/foo', pool: new PayloadPool() })).rejects.toBeInstanceOf(ConfigError);
+    await expect(openImageioBackend({ url: 'https://x/images/t', pool: new PayloadPool(), cafile: path.join(dir, 'none.pem') })).rejects.toThrow(
       /cannot read CA file/,
     );
   });
@@ -206,10 +207,10 @@ describe('HTTPS', () => {
     const insecure = await open(server, { insecure: true });
     expect((await insecure.pread(0, 4096))[100]).toBe(3);
 
-    const wrong = await openImageioBackend({ url: server.url, cafile: pki.otherCa }).catch((e) => e);
+    const wrong = await openImageioBackend({ url: server.url, pool: new PayloadPool(), cafile: pki.otherCa }).catch((e) => e);
     expect(wrong).toBeInstanceOf(ConfigError);
     expect(wrong.message).toMatch(/cannot verify the TLS certificate.*(cafile|insecure)/);
-    const system = await openImageioBackend({ url: server.url }).catch((e) => e);
+    const system = await openImageioBackend({ url: server.url, pool: new PayloadPool() }).catch((e) => e);
     expect(system).toBeInstanceOf(ConfigError);
   });
 });

@@ -11,6 +11,7 @@ import { makeSparseImage } from '../helpers/sparse-image';
 import { startNbdServer, type TestServer } from '../helpers/nbd-server';
 import { runOk } from '../helpers/run';
 import { tmpDir, type TmpDir } from '../helpers/tmp-dir';
+import { readCopy, testPool } from '../helpers/pool';
 
 const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
@@ -19,16 +20,17 @@ const T = { timeoutMs: 60000 };
 type Kind = 'memory' | 'file';
 
 async function makeBackend(kind: Kind, dir: TmpDir, name: string): Promise<Backend> {
-  if (kind === 'memory') return new MemoryBackend(SIZE);
+  if (kind === 'memory') return new MemoryBackend(SIZE, false, testPool());
   const p = dir.file(name);
   writeFileSync(p, '');
   truncateSync(p, SIZE);
-  return openFileBackend(p);
+  return openFileBackend(p, { pool: testPool() });
 }
 
+/** The whole export as a plain Buffer; every pooled buffer read is released (the test's pool must end idle). */
 async function readAll(b: Backend): Promise<Buffer> {
   const parts: Buffer[] = [];
-  for (let off = 0; off < b.size(); off += 16 * MiB) parts.push(await b.pread(off, Math.min(16 * MiB, b.size() - off)));
+  for (let off = 0; off < b.size(); off += 16 * MiB) parts.push(await readCopy(b, off, Math.min(16 * MiB, b.size() - off)));
   return Buffer.concat(parts);
 }
 
@@ -130,7 +132,7 @@ describe('nbdcopy and qemu-img reading from a read-only file export', () => {
     try {
       const src = dir.file('src.raw');
       await makeSparseImage(src, 16 * MiB, 7);
-      const b = await openFileBackend(src, { readonly: true });
+      const b = await openFileBackend(src, { pool: testPool(), readonly: true });
       const s = await startNbdServer(b, { export: { readonly: true } });
       try {
         const out = dir.file('out.raw');
@@ -152,7 +154,8 @@ describe('nbdcopy and qemu-img reading from a read-only file export', () => {
 
 describe('TCP', () => {
   test('listen on port 0 resolves the real port; nbdinfo connects over TCP', async () => {
-    const server = new NbdServer({ exports: [{ name: 'disk', backend: new MemoryBackend(MiB) }] });
+    const pool = testPool();
+    const server = new NbdServer({ exports: [{ name: 'disk', backend: new MemoryBackend(MiB, false, pool) }], payloadPool: pool });
     const where = await server.listen({ port: 0 });
     try {
       expect(where.port).toBeGreaterThan(0);

@@ -8,10 +8,11 @@ import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { PassthroughLayer, type WriteFlags } from '../../src/core/backend';
 import { MemoryBackend } from '../../src/backends/memory-backend';
-import { PayloadPool, bufferRefs, releaseBuffer } from '../../src/core/payload-pool';
+import { PayloadPool, bufferRefs } from '../../src/core/payload-pool';
 import { Command, NbdError, ReplyType } from '../../src/nbd/codec/constants';
 import { startNbdServer, type TestServer } from '../helpers/nbd-server';
 import { RawNbdClient, replyErrno } from '../helpers/raw-nbd-client';
+import { readCopy, testPool } from '../helpers/pool';
 
 const MiB = 1024 * 1024;
 
@@ -54,7 +55,7 @@ describe.each(['onread', 'data'] as const)('payload ownership (readMode %s)', (r
   let mem: MemoryBackend;
   let spy: PwriteSpy;
   beforeEach(async () => {
-    pool = new PayloadPool({ maxLiveBytes: 64 * MiB });
+    pool = testPool({ maxLiveBytes: 64 * MiB });
     mem = new MemoryBackend(32 * MiB, false, pool);
     spy = new PwriteSpy(mem, pool);
     s = await startNbdServer(spy, { payloadPool: pool, readMode });
@@ -95,7 +96,7 @@ describe.each(['onread', 'data'] as const)('payload ownership (readMode %s)', (r
 
 describe('one bound for payloads being received', () => {
   test('stalled WRITEs hold at most 3/4 of the bound; others wait without reading; a READ still works', async () => {
-    const pool = new PayloadPool({ maxLiveBytes: 8 * MiB });
+    const pool = testPool({ maxLiveBytes: 8 * MiB });
     const mem = new MemoryBackend(32 * MiB, false, pool);
     const s = await startNbdServer(mem, { payloadPool: pool });
     const clients: RawNbdClient[] = [];
@@ -129,9 +130,8 @@ describe('one bound for payloads being received', () => {
         expect({ cookie: rep.cookie, errno: replyErrno(rep) }).toEqual({ cookie: BigInt(i), errno: 0 });
       }
       for (let i = 0; i < 3; i++) {
-        const got = await mem.pread(i * 4 * MiB, 4 * MiB);
+        const got = await readCopy(mem, i * 4 * MiB, 4 * MiB);
         expect(got.every((b) => b === 0x41 + i)).toBe(true);
-        releaseBuffer(got);
       }
       expect(s.server.memoryStats()).toMatchObject({ receivingBytes: 0, waiting: 0 });
     } finally {
@@ -142,7 +142,7 @@ describe('one bound for payloads being received', () => {
   });
 
   test('a client that vanishes while waiting for memory or mid-payload gives everything back', async () => {
-    const pool = new PayloadPool({ maxLiveBytes: 8 * MiB });
+    const pool = testPool({ maxLiveBytes: 8 * MiB });
     const s = await startNbdServer(new MemoryBackend(32 * MiB, false, pool), { payloadPool: pool });
     try {
       const cs: RawNbdClient[] = [];

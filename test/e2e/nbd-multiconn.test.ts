@@ -87,18 +87,19 @@ if h.can_cache():
 h.shutdown()
 print("ok")
 `;
+import { testPool } from '../helpers/pool';
 
 describe.each(['memory', 'file'])('libnbd handles against the %s backend', (kind) => {
   async function withServer(fn: (uri: string) => Promise<void>): Promise<void> {
-    const s0 = await startNbdServer(new MemoryBackend(1)); // just for its private dir
+    const s0 = await startNbdServer(new MemoryBackend(1, false, testPool())); // just for its private dir
     let backend: Backend;
     if (kind === 'memory') {
-      backend = new MemoryBackend(16 * MiB);
+      backend = new MemoryBackend(16 * MiB, false, testPool());
     } else {
       const p = s0.dir.file('disk.raw');
       writeFileSync(p, '');
       truncateSync(p, 16 * MiB);
-      backend = await openFileBackend(p);
+      backend = await openFileBackend(p, { pool: testPool() });
     }
     const s = await startNbdServer(backend);
     try {

@@ -27,6 +27,7 @@ import { encodeRequest } from '../../src/nbd/codec/transmission';
 import { startNbdServer, type TestServer } from '../helpers/nbd-server';
 import { RawNbdClient, replyErrno } from '../helpers/raw-nbd-client';
 import { DelayedBackend } from '../helpers/delayed-backend';
+import { readCopy, testPool } from '../helpers/pool';
 
 const MiB = 1024 * 1024;
 const SIZE = 4 * MiB;
@@ -51,7 +52,7 @@ describe('raw socket edge cases', () => {
   let s: TestServer;
   let backend: MemoryBackend;
   beforeEach(async () => {
-    backend = new MemoryBackend(SIZE);
+    backend = new MemoryBackend(SIZE, false, testPool());
     s = await startNbdServer(backend, { handshakeTimeoutMs: 300 });
   });
   afterEach(async () => {
@@ -291,7 +292,7 @@ describe('raw socket edge cases', () => {
   });
 
   test('FUA without SEND_FUA is still refused, on every command', async () => {
-    const mem = new MemoryBackend(MiB);
+    const mem = new MemoryBackend(MiB, false, testPool());
     class NoFua extends PassthroughLayer {
       override capabilities(): Capabilities {
         return { ...super.capabilities(), canFua: false };
@@ -379,7 +380,7 @@ describe('raw socket edge cases', () => {
 
   test('SET_META_CONTEXT for another export name does not enable BLOCK_STATUS', async () => {
     await s.stop();
-    const b2 = new MemoryBackend(MiB);
+    const b2 = new MemoryBackend(MiB, false, testPool());
     s = await startNbdServer(undefined, {
       exports: [
         { name: 'a', backend },
@@ -400,7 +401,7 @@ describe('raw socket edge cases', () => {
 
 describe('read-only and capability-dependent answers', () => {
   test('write on a read-only export: EPERM; flags advertise READ_ONLY', async () => {
-    const s = await startNbdServer(new MemoryBackend(MiB), { export: { readonly: true } });
+    const s = await startNbdServer(new MemoryBackend(MiB, false, testPool()), { export: { readonly: true } });
     try {
       const c = await RawNbdClient.connect(s.socketPath);
       const { flags } = await c.negotiate();
@@ -419,7 +420,7 @@ describe('read-only and capability-dependent answers', () => {
   });
 
   test('FAST_ZERO without backend support: ENOTSUP, data untouched; no CAN_MULTI_CONN unless offered', async () => {
-    const mem = new MemoryBackend(MiB);
+    const mem = new MemoryBackend(MiB, false, testPool());
     await mem.pwrite(Buffer.from('keep'), 0);
     class Slow extends PassthroughLayer {
       override capabilities(): Capabilities {
@@ -434,10 +435,10 @@ describe('read-only and capability-dependent answers', () => {
       expect(flags & TransmissionFlag.CAN_MULTI_CONN).toBe(0);
       c.request({ type: Command.WRITE_ZEROES, cookie: 1n, offset: 0, length: 4, flags: CommandFlag.FAST_ZERO });
       expect(replyErrno(await c.reply())).toBe(NbdError.ENOTSUP);
-      expect((await mem.pread(0, 4)).toString()).toBe('keep');
+      expect((await readCopy(mem, 0, 4)).toString()).toBe('keep');
       c.request({ type: Command.WRITE_ZEROES, cookie: 2n, offset: 0, length: 4, flags: CommandFlag.NO_HOLE });
       expect(replyErrno(await c.reply())).toBe(0);
-      expect((await mem.pread(0, 4)).equals(Buffer.alloc(4))).toBe(true);
+      expect((await readCopy(mem, 0, 4)).equals(Buffer.alloc(4))).toBe(true);
       c.destroy();
     } finally {
       await s.stop();
@@ -447,7 +448,7 @@ describe('read-only and capability-dependent answers', () => {
 
 describe('concurrency and endings', () => {
   test('replies come out of order: a fast request overtakes a slow one', async () => {
-    const b = new DelayedBackend(new MemoryBackend(MiB), (op, offset) => (offset === 0 ? 300 : 0));
+    const b = new DelayedBackend(new MemoryBackend(MiB, false, testPool()), (op, offset) => (offset === 0 ? 300 : 0));
     const s = await startNbdServer(b);
     try {
       const c = await RawNbdClient.connect(s.socketPath);
@@ -463,7 +464,7 @@ describe('concurrency and endings', () => {
   });
 
   test('in-flight bound: with maxInFlight 2, at most 2 backend calls run', async () => {
-    const b = new DelayedBackend(new MemoryBackend(MiB), 30);
+    const b = new DelayedBackend(new MemoryBackend(MiB, false, testPool()), 30);
     let peak = 0;
     const s = await startNbdServer(b, { maxInFlightPerConnection: 2 });
     const timer = setInterval(() => (peak = Math.max(peak, b.running)), 2);
@@ -484,7 +485,7 @@ describe('concurrency and endings', () => {
   });
 
   test('DISC with writes in flight: all replied, then the server closes', async () => {
-    const mem = new MemoryBackend(MiB);
+    const mem = new MemoryBackend(MiB, false, testPool());
     const b = new DelayedBackend(mem, 100);
     const s = await startNbdServer(b);
     try {
@@ -502,14 +503,14 @@ describe('concurrency and endings', () => {
       }
       expect(cookies.sort()).toEqual([0n, 1n, 2n, 3n, 4n]);
       expect(await c.waitClosed()).toBe(true);
-      for (let i = 0; i < 5; i++) expect((await mem.pread(i * 4096, 4)).toString()).toBe(`w${i}..`);
+      for (let i = 0; i < 5; i++) expect((await readCopy(mem, i * 4096, 4)).toString()).toBe(`w${i}..`);
     } finally {
       await s.stop();
     }
   });
 
   test('client vanishing with requests in flight: requests finish, server survives', async () => {
-    const mem = new MemoryBackend(MiB);
+    const mem = new MemoryBackend(MiB, false, testPool());
     const b = new DelayedBackend(mem, 150);
     const s = await startNbdServer(b);
     try {
@@ -522,7 +523,7 @@ describe('concurrency and endings', () => {
       c.destroy();
       await new Promise((r) => setTimeout(r, 300));
       expect(b.finished).toBe(5);
-      expect((await mem.pread(0, 4)).toString()).toBe('gone');
+      expect((await readCopy(mem, 0, 4)).toString()).toBe('gone');
       expect(s.server.connectionCount).toBe(0);
       await assertServes(s);
     } finally {
@@ -531,7 +532,7 @@ describe('concurrency and endings', () => {
   });
 
   test('server.close() waits for requests in flight and delivers their replies', async () => {
-    const b = new DelayedBackend(new MemoryBackend(MiB), 200);
+    const b = new DelayedBackend(new MemoryBackend(MiB, false, testPool()), 200);
     const s = await startNbdServer(b);
     const c = await RawNbdClient.connect(s.socketPath);
     await c.negotiate();

@@ -68,8 +68,8 @@ async function micro(gib: number, writeKiB: number): Promise<void> {
   const writeSize = writeKiB * KiB;
   for (const mode of ['direct', 'coalesce', 'direct', 'coalesce']) {
     const pool = new PayloadPool({ maxLiveBytes: 512 * MiB, maxFreeBytes: 128 * MiB });
-    const inner = new NullBackend(total);
-    const target: Backend = mode === 'coalesce' ? new CoalesceLayer(inner, { idleMs: 10 }) : inner;
+    const inner = new NullBackend(total, 0, pool);
+    const target: Backend = mode === 'coalesce' ? new CoalesceLayer(inner, { idleMs: 10, pool }) : inner;
     const t0 = process.hrtime.bigint();
     const c0 = process.cpuUsage();
     await stream(target, pool, total, writeSize, 4, 64);
@@ -88,8 +88,8 @@ async function backpressure(mibPerStream: number, idleMs: number): Promise<void>
   const streams = 4;
   const total = streams * mibPerStream * MiB;
   const pool = new PayloadPool({ maxLiveBytes: 1024 * MiB });
-  const inner = new NullBackend(total, 50);
-  const layer = new CoalesceLayer(inner, { requestSize: 8 * MiB, maxBufferedBytes: 64 * MiB, maxInFlight: 4, idleMs });
+  const inner = new NullBackend(total, 50, pool);
+  const layer = new CoalesceLayer(inner, { requestSize: 8 * MiB, maxBufferedBytes: 64 * MiB, maxInFlight: 4, idleMs, pool });
   const t0 = process.hrtime.bigint();
   await stream(layer, pool, total, 256 * KiB, streams, 64);
   await layer.flush();

@@ -3,6 +3,7 @@ import type { Backend } from '../../src/core/backend';
 import { silentLogger } from '../../src/core/log';
 import { NbdServer, type ExportConfig, type NbdServerOptions } from '../../src/nbd/nbd-server';
 import { tmpDir, type TmpDir } from './tmp-dir';
+import { testPool } from './pool';
 
 export interface TestServer {
   server: NbdServer;
@@ -16,6 +17,8 @@ export interface TestServer {
 }
 
 export interface StartOptions extends Partial<Omit<NbdServerOptions, 'exports'>> {
+  /** Default: a pool of this test's own (see pool.ts), checked at its end. */
+  payloadPool?: NbdServerOptions['payloadPool'];
   /** Options for the single export made from `backend` (ignored when exports are given). */
   export?: Partial<ExportConfig>;
   /** Serve these exports instead of one made from `backend`. */
@@ -26,7 +29,7 @@ export async function startNbdServer(backend: Backend | undefined, opts: StartOp
   const exports = opts.exports ?? [{ name: '', backend: backend!, ...opts.export }];
   const dir = tmpDir('nbd-');
   const socketPath = dir.file('sock');
-  const server = new NbdServer({ logger: silentLogger(), ...opts, exports });
+  const server = new NbdServer({ logger: silentLogger(), ...opts, payloadPool: opts.payloadPool ?? testPool(), exports });
   await server.listen({ unix: socketPath });
   return {
     server,

@@ -4,7 +4,7 @@
  * contents are undefined (only their handling is measured).
  */
 import type { Backend, Capabilities, Extent, WriteFlags, ZeroFlags } from '../../src/core/backend';
-import { releaseBuffer, releaseBuffers, payloadPool, type PayloadPool } from '../../src/core/payload-pool';
+import { releaseBuffer, releaseBuffers, type PayloadPool } from '../../src/core/payload-pool';
 
 export class NullBackend implements Backend {
   readonly name = 'null';
@@ -17,7 +17,7 @@ export class NullBackend implements Backend {
   constructor(
     private readonly bytesSize: number,
     private readonly delayMs = 0,
-    private readonly pool: PayloadPool = payloadPool,
+    private readonly pool: PayloadPool,
   ) {}
 
   size(): number {

@@ -96,7 +96,7 @@ export class ImageioBackend implements Backend {
   /** Use openImageioBackend(), which negotiates before handing the backend out. */
   constructor(private readonly opts: ResolvedOptions) {
     this.log = opts.logger;
-    this.runner = new RequestRunner(urlEndpoint(opts), this.log, opts.retries);
+    this.runner = new RequestRunner(urlEndpoint(opts), this.log, opts.retries, opts.onDataLoss);
     this.extentCache = new ExtentCache(() => fetchExtents(this.runner, this.opts, 'extents'));
   }
 

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { ConfigError, describeError } from '../../core/errors';
 import type { Logger } from '../../core/log';
 import { silentLogger } from '../../core/log';
-import { payloadPool, type PayloadPool } from '../../core/payload-pool';
+import type { PayloadPool } from '../../core/payload-pool';
 import { DEFAULTS } from '../../core/defaults';
 
 export interface ImageioBackendOptions {
@@ -33,8 +33,13 @@ export interface ImageioBackendOptions {
   retries?: number;
   /** Keep-alive request on connections idle longer than this, default 30000 (imageio closes at 60 s). */
   keepAliveIdleMs?: number;
-  /** Where GET bodies are read into (default: the process's payload pool). */
-  pool?: PayloadPool;
+  /** Where GET bodies are read into. */
+  pool: PayloadPool;
+  /**
+   * Told when written bytes that imageio acknowledged may be lost (a connection closed, or
+   * failed to flush, with unflushed writes): `connection` names it, `bytes` is how much.
+   */
+  onDataLoss?: (connection: string, bytes: number) => void;
   logger?: Logger;
 }
 
@@ -53,6 +58,7 @@ export interface ResolvedOptions {
   retries: number;
   keepAliveIdleMs: number;
   pool: PayloadPool;
+  onDataLoss?: (connection: string, bytes: number) => void;
   logger: Logger;
 }
 
@@ -104,7 +110,8 @@ export function resolveOptions(opts: ImageioBackendOptions): ResolvedOptions {
     minRatePerMs: number('minRate', opts.minRate, DEFAULTS.minRate, 1, false) / 1000,
     retries: number('retries', opts.retries, DEFAULTS.retries, 0, true),
     keepAliveIdleMs: number('keepAliveIdleMs', opts.keepAliveIdleMs, DEFAULTS.keepAliveMs, 1, false),
-    pool: opts.pool ?? payloadPool,
+    pool: opts.pool,
+    onDataLoss: opts.onDataLoss,
     logger: opts.logger ?? silentLogger(),
   };
 }

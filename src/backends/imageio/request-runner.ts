@@ -111,6 +111,8 @@ export class RequestRunner {
     private endpoint: Endpoint,
     private readonly log: Logger,
     private readonly retries: number,
+    /** Told of acknowledged writes that may be lost (the export's failure journal). */
+    private readonly onDataLoss?: (connection: string, bytes: number) => void,
   ) {
     this.debug = log.isLevelEnabled('debug');
     this.pool = new ConnectionPool([]);
@@ -283,7 +285,8 @@ export class RequestRunner {
   }
 
   /**
-   * The unflushed writes of `conn` may be gone: log them and make data loss sticky.
+   * The unflushed writes of `conn` may be gone: log them, tell the loss sink how much, and make
+   * data loss sticky.
    */
   recordLoss(conn: HttpConnection, unflushed: UnflushedWrites, cause: unknown): void {
     const msg =
@@ -297,6 +300,7 @@ export class RequestRunner {
       requests: unflushed.count,
       bytes: unflushed.bytes,
     });
+    this.onDataLoss?.(String(conn.id), unflushed.bytes);
   }
 
   private setLoss(msg: string, cause: unknown, fields: Record<string, unknown>): void {

@@ -52,7 +52,7 @@
  * committed item it overlaps, which is what reads rely on to overlay in the right order.
  */
 import { writeList, type Backend, type BlockSize, type Capabilities, type Extent, type WriteFlags, type ZeroFlags } from '../../core/backend';
-import { bufferRefs, payloadPool, releaseBuffer, retainBuffer, type PayloadPool } from '../../core/payload-pool';
+import { bufferRefs, releaseBuffer, retainBuffer, type PayloadPool } from '../../core/payload-pool';
 import { BackendError, DataLossError, describeError, toNbdErrno } from '../../core/errors';
 import { NbdError } from '../../nbd/codec/constants';
 import { silentLogger, type Logger } from '../../core/log';
@@ -82,8 +82,8 @@ export interface CoalesceOptions {
   idleMs?: number;
   /** Copy writes whose buffers no payload pool counts into pooled buffers (default true). */
   copyUnpooled?: boolean;
-  /** Pool for those copies and for read overlays (default the process's payloadPool). */
-  pool?: PayloadPool;
+  /** Pool for those copies and for read overlays. */
+  pool: PayloadPool;
   logger?: Logger;
 }
 
@@ -210,7 +210,7 @@ export class CoalesceLayer implements Backend {
 
   constructor(
     private readonly inner: Backend,
-    opts: CoalesceOptions = {},
+    opts: CoalesceOptions,
   ) {
     this.requestSize = opts.requestSize ?? DEFAULTS.requestSize;
     this.maxBufferedBytes = opts.maxBufferedBytes ?? DEFAULTS.maxBuffer;
@@ -219,7 +219,7 @@ export class CoalesceLayer implements Backend {
     this.idleMs = opts.idleMs ?? DEFAULTS.coalesceIdleMs;
     this.directWriteSize = Math.min(opts.directWriteSize ?? this.requestSize, this.requestSize + 1);
     this.copyUnpooled = opts.copyUnpooled ?? true;
-    this.pool = opts.pool ?? payloadPool;
+    this.pool = opts.pool;
     this.log = opts.logger ?? silentLogger();
     const positiveInt = (v: number) => Number.isSafeInteger(v) && v > 0;
     if (!positiveInt(this.requestSize)) {

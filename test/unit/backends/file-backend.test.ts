@@ -1,9 +1,10 @@
 import { readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { openFileBackend } from '../../../src/backends/file-backend';
-import { PayloadPool, bufferRefs, releaseBuffer } from '../../../src/core/payload-pool';
+import { bufferRefs, releaseBuffer } from '../../../src/core/payload-pool';
 import { BackendError } from '../../../src/core/errors';
 import { NbdError } from '../../../src/nbd/codec/constants';
 import { tmpDir, type TmpDir } from '../../helpers/tmp-dir';
+import { readCopy, testPool } from '../../helpers/pool';
 
 describe('FileBackend', () => {
   let dir: TmpDir;
@@ -13,13 +14,13 @@ describe('FileBackend', () => {
   test('size, capabilities, read/write/flush', async () => {
     const p = dir.file('disk.raw');
     writeFileSync(p, Buffer.alloc(1 << 20));
-    const b = await openFileBackend(p);
+    const b = await openFileBackend(p, { pool: testPool() });
     try {
       expect(b.size()).toBe(1 << 20);
       expect(b.capabilities()).toMatchObject({ canWrite: true, canMultiConn: true, canExtents: false, canFastZero: false });
       await b.pwrite(Buffer.from('hello'), 1000, { fua: true });
       await b.flush();
-      expect((await b.pread(998, 9)).toString('latin1')).toBe('\0\0hello\0\0');
+      expect((await readCopy(b, 998, 9)).toString('latin1')).toBe('\0\0hello\0\0');
       expect(readFileSync(p).subarray(1000, 1005).toString()).toBe('hello');
     } finally {
       await b.close();
@@ -30,20 +31,20 @@ describe('FileBackend', () => {
     const p = dir.file('disk.raw');
     const size = 10 * 1024 * 1024 + 3;
     writeFileSync(p, Buffer.alloc(size, 0xff));
-    const b = await openFileBackend(p);
+    const b = await openFileBackend(p, { pool: testPool() });
     try {
       await b.zero(5, 5 * 1024 * 1024 + 7);
-      let d = await b.pread(0, size);
+      let d = await readCopy(b, 0, size);
       expect(d.subarray(0, 5).every((x) => x === 0xff)).toBe(true);
       expect(d.subarray(5, 5 + 5 * 1024 * 1024 + 7).every((x) => x === 0)).toBe(true);
       expect(d[5 + 5 * 1024 * 1024 + 7]).toBe(0xff);
       await b.zero(size - 4096 - 1, 4097, { mayTrim: true });
       expect(statSync(p).size).toBe(size);
-      d = await b.pread(size - 4098, 4098);
+      d = await readCopy(b, size - 4098, 4098);
       expect(d[0]).toBe(0xff);
       expect(d.subarray(1).every((x) => x === 0)).toBe(true);
       await expect(b.zero(0, 1, { fastZero: true })).rejects.toMatchObject({ errno: NbdError.ENOTSUP });
-      expect((await b.pread(0, 1))[0]).toBe(0xff);
+      expect((await readCopy(b, 0, 1))[0]).toBe(0xff);
     } finally {
       await b.close();
     }
@@ -52,7 +53,7 @@ describe('FileBackend', () => {
   test('read-only: opened read-only and says so', async () => {
     const p = dir.file('ro.raw');
     writeFileSync(p, Buffer.alloc(4096, 1));
-    const b = await openFileBackend(p, { readonly: true });
+    const b = await openFileBackend(p, { pool: testPool(), readonly: true });
     try {
       expect(b.capabilities().canWrite).toBe(false);
       await expect(b.pwrite(Buffer.from('x'), 0)).rejects.toBeInstanceOf(BackendError);
@@ -62,7 +63,7 @@ describe('FileBackend', () => {
   });
 
   test('a directory is refused', async () => {
-    await expect(openFileBackend(dir.path)).rejects.toThrow();
+    await expect(openFileBackend(dir.path, { pool: testPool() })).rejects.toThrow();
   });
 });
 
@@ -73,7 +74,7 @@ describe('FileBackend zero keeps holes', () => {
       const file = dir.file('disk.raw');
       writeFileSync(file, '');
       truncateSync(file, 64 * 1024 * 1024);
-      const b = await openFileBackend(file);
+      const b = await openFileBackend(file, { pool: testPool() });
       await b.pwrite(Buffer.alloc(4096, 9), 40 * 1024 * 1024);
       // Below the fallocate(1) threshold: zero reads first and writes only what is not zero.
       await b.zero(0, 4 * 1024 * 1024, { mayTrim: false });
@@ -81,7 +82,7 @@ describe('FileBackend zero keeps holes', () => {
       await b.flush();
       // st_blocks counts 512-byte units actually allocated: the 4 MiB hole is still a hole.
       expect(statSync(file).blocks * 512).toBeLessThan(1024 * 1024);
-      expect((await b.pread(40 * 1024 * 1024, 4096)).every((x: number) => x === 0)).toBe(true);
+      expect((await readCopy(b, 40 * 1024 * 1024, 4096)).every((x: number) => x === 0)).toBe(true);
       await b.close();
     } finally {
       dir.cleanup();
@@ -95,9 +96,9 @@ describe('FileBackend large zeroes', () => {
     try {
       const file = dir.file('disk.raw');
       writeFileSync(file, Buffer.alloc(48 * 1024 * 1024, 0x5a));
-      const b = await openFileBackend(file);
+      const b = await openFileBackend(file, { pool: testPool() });
       await b.zero(4096, 32 * 1024 * 1024, { mayTrim });
-      const got = await b.pread(0, 48 * 1024 * 1024);
+      const got = await readCopy(b, 0, 48 * 1024 * 1024);
       expect(got.subarray(0, 4096).every((x: number) => x === 0x5a)).toBe(true);
       expect(got.subarray(4096, 4096 + 32 * 1024 * 1024).every((x: number) => x === 0)).toBe(true);
       expect(got.subarray(4096 + 32 * 1024 * 1024).every((x: number) => x === 0x5a)).toBe(true);
@@ -113,7 +114,7 @@ describe('FileBackend large zeroes', () => {
 describe('FileBackend payload ownership', () => {
   test('pread returns a pool buffer; pwrite and pwritev release what they get, also on failure', async () => {
     const dir = tmpDir('file-own-');
-    const pool = new PayloadPool();
+    const pool = testPool();
     try {
       const file = dir.file('disk.raw');
       writeFileSync(file, Buffer.alloc(4 * 1024 * 1024));
@@ -153,7 +154,7 @@ describe('FileBackend payload ownership', () => {
 describe('FileBackend writes one at a time', () => {
   test('concurrent writes all land, and a failing write does not hold up the queue', async () => {
     const dir = tmpDir('file-queue-');
-    const pool = new PayloadPool();
+    const pool = testPool();
     try {
       const file = dir.file('disk.raw');
       writeFileSync(file, Buffer.alloc(8 * 1024 * 1024));

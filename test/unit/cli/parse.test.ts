@@ -192,7 +192,7 @@ describe('parseArgs', () => {
     expect(lib.EXPORT_DEFAULTS).toBe(EXPORT_DEFAULTS);
     expect(lib.CLI_DEFAULTS.connections).toBe(EXPORT_DEFAULTS.connections);
     expect(lib.OPTIONS.length).toBeGreaterThan(30);
-    const opts: ExportOptions = { url: 'memory:1M' }; // every other field is optional
+    const opts: ExportOptions = { url: 'memory:1M', pool: new lib.PayloadPool() }; // every other field is optional
     const listen: ListenConfig = { stdio: true };
     const spec: OptionSpec = lib.OPTIONS[0];
     const r = await lib.parseArgs(['memory:1M']);

@@ -2,17 +2,18 @@ import { randomFillSync } from 'node:crypto';
 import { ReadaheadLayer, type ReadaheadOptions } from '../../../src/layers/readahead-layer';
 import { MemoryBackend } from '../../../src/backends/memory-backend';
 import { PassthroughLayer, EXTENT_HOLE, type Backend, type Capabilities } from '../../../src/core/backend';
-import { PayloadPool, bufferRefs, releaseBuffer } from '../../../src/core/payload-pool';
+import { bufferRefs, releaseBuffer } from '../../../src/core/payload-pool';
 import { NbdError } from '../../../src/nbd/codec/constants';
 import { RecordingLayer, type RecordingOptions } from '../../helpers/recording-layer';
 import { NullBackend } from '../../helpers/null-backend';
+import { testPool } from '../../helpers/pool';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
 /** A memory disk holding random data in `ranges` (64 KiB aligned: its page size), holes elsewhere. */
 async function disk(size: number, ranges: Array<[number, number]> = [[0, size]]) {
-  const mem = new MemoryBackend(size);
+  const mem = new MemoryBackend(size, false, testPool());
   const model = Buffer.alloc(size);
   for (const [start, end] of ranges) {
     randomFillSync(model, start, end - start);
@@ -21,8 +22,8 @@ async function disk(size: number, ranges: Array<[number, number]> = [[0, size]])
   return { mem, model };
 }
 
-function setup(mem: Backend, opts: ReadaheadOptions = {}, rec: RecordingOptions = {}) {
-  const pool = new PayloadPool();
+function setup(mem: Backend, opts: Partial<ReadaheadOptions> = {}, rec: RecordingOptions = {}) {
+  const pool = testPool();
   const inner = new RecordingLayer(mem, { readPool: pool, ...rec });
   const layer = new ReadaheadLayer(inner, { pool, ...opts });
   const reads = () => inner.calls.filter((c) => c.op === 'pread');
@@ -107,7 +108,7 @@ describe('ReadaheadLayer: request sizes and bytes fetched', () => {
     // separate ranges. They must merge, or the oldest is forgotten and a window at the end of
     // one stream reads the start of the next again.
     const size = 256 * MiB;
-    const { pool, layer, fetched } = setup(new NullBackend(size), { windowSize: MiB, maxWindows: 4 });
+    const { pool, layer, fetched } = setup(new NullBackend(size, 0, testPool()), { windowSize: MiB, maxWindows: 4 });
     const stream = async (base: number) => {
       const inflight: Promise<void>[] = [];
       for (let off = 0; off < 64 * MiB; off += 512 * KiB) {
@@ -395,10 +396,10 @@ describe('ReadaheadLayer: failures', () => {
 
 describe('ReadaheadLayer: construction', () => {
   test('rejects bad options and passes capabilities and size through', () => {
-    const mem = new MemoryBackend(MiB);
-    expect(() => new ReadaheadLayer(mem, { windowSize: 0 })).toThrow(RangeError);
-    expect(() => new ReadaheadLayer(mem, { maxWindows: 0 })).toThrow(RangeError);
-    const layer = new ReadaheadLayer(mem);
+    const mem = new MemoryBackend(MiB, false, testPool());
+    expect(() => new ReadaheadLayer(mem, { pool: testPool(), windowSize: 0 })).toThrow(RangeError);
+    expect(() => new ReadaheadLayer(mem, { pool: testPool(), maxWindows: 0 })).toThrow(RangeError);
+    const layer = new ReadaheadLayer(mem, { pool: testPool() });
     expect(layer.capabilities()).toEqual(mem.capabilities());
     expect(layer.size()).toBe(MiB);
     expect(layer.name).toBe('memory');

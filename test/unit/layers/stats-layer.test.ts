@@ -2,6 +2,7 @@ import { StatsLayer, humanRate, humanSize } from '../../../src/layers/stats-laye
 import { MemoryBackend } from '../../../src/backends/memory-backend';
 import { PassthroughLayer, type Backend } from '../../../src/core/backend';
 import { RecordingLayer } from '../../helpers/recording-layer';
+import { readCopy, testPool } from '../../helpers/pool';
 
 /** A fake clock, and an inner layer whose calls take `cost` microseconds of it. */
 function timed(inner: Backend) {
@@ -72,7 +73,7 @@ describe('nbdkit number formats', () => {
 
 describe('StatsLayer', () => {
   test('reproduces an nbdkit write line byte for byte', async () => {
-    const { clock, stats } = timed(new NullBackend(new MemoryBackend(1 << 30)));
+    const { clock, stats } = timed(new NullBackend(new MemoryBackend(1 << 30, false, testPool())));
     const buf = Buffer.alloc(262010);
     clock.cost = 269n;
     for (let i = 0; i < 260; i++) await stats.pwrite(buf.subarray(0, 261184), 0);
@@ -89,11 +90,11 @@ describe('StatsLayer', () => {
   });
 
   test('counts every operation, in nbdkit order, omitting unused ones', async () => {
-    const { clock, stats } = timed(new MemoryBackend(1 << 20));
+    const { clock, stats } = timed(new MemoryBackend(1 << 20, false, testPool()));
     clock.cost = 100n;
     await stats.pwrite(Buffer.alloc(4096), 0);
     await stats.pwrite(Buffer.alloc(4096), 4096);
-    await stats.pread(0, 512);
+    await readCopy(stats, 0, 512);
     await stats.zero(0, 65536);
     await stats.extents(0, 1 << 20);
     await stats.cache(0, 2048);
@@ -116,7 +117,7 @@ describe('StatsLayer', () => {
   });
 
   test('pwritev is forwarded as one request and counted as one write of its total length', async () => {
-    const inner = new RecordingLayer(new MemoryBackend(1 << 20));
+    const inner = new RecordingLayer(new MemoryBackend(1 << 20, false, testPool()));
     const { clock, stats } = timed(inner);
     clock.cost = 100n;
     await stats.pwritev([Buffer.alloc(1000, 1), Buffer.alloc(3096, 2)], 8192);
@@ -126,35 +127,35 @@ describe('StatsLayer', () => {
       [8192, 4096, 2],
       [0, 4096, 1],
     ]);
-    expect((await inner.pread(8192, 4096)).equals(Buffer.concat([Buffer.alloc(1000, 1), Buffer.alloc(3096, 2)]))).toBe(true);
+    expect((await readCopy(inner, 8192, 4096)).equals(Buffer.concat([Buffer.alloc(1000, 1), Buffer.alloc(3096, 2)]))).toBe(true);
     expect(stats.counters().write).toEqual({ ops: 2, bytes: 8192, ns: 100_000n });
     clock.now = 1_000_000_000n + 1_000_000_000n;
     expect(stats.format().split('\n')).toContain('write: 2 ops, 0.000100 s, 8.00 KiB, 78.12 MiB/s op, 8.00 KiB/s total');
   });
 
   test('with nothing done, only the total line', () => {
-    const { clock, stats } = timed(new MemoryBackend(1024));
+    const { clock, stats } = timed(new MemoryBackend(1024, false, testPool()));
     clock.now += 1_500_000n;
     expect(stats.format()).toBe('total: 0 ops, 0.001500 s, 0 bytes, 0 bytes/s');
   });
 
   test('failed operations are not counted, and errors pass through', async () => {
-    const inner = new RecordingLayer(new MemoryBackend(1 << 20), { fail: (c) => c.op === 'pwrite' });
+    const inner = new RecordingLayer(new MemoryBackend(1 << 20, false, testPool()), { fail: (c) => c.op === 'pwrite' });
     const stats = new StatsLayer(inner);
     await expect(stats.pwrite(Buffer.alloc(10), 0)).rejects.toThrow(/injected/);
-    await stats.pread(0, 10);
+    await readCopy(stats, 0, 10);
     expect(stats.counters().write.ops).toBe(0);
     expect(stats.counters().read.ops).toBe(1);
     expect(stats.format()).not.toMatch(/^write/m);
   });
 
   test('real clock: time is measured and the layer is transparent', async () => {
-    const mem = new MemoryBackend(1 << 20);
+    const mem = new MemoryBackend(1 << 20, false, testPool());
     const stats = new StatsLayer(mem);
     expect(stats.name).toBe('memory');
     expect(stats.capabilities()).toEqual(mem.capabilities());
     await stats.pwrite(Buffer.from('abc'), 10);
-    expect((await stats.pread(10, 3)).toString()).toBe('abc');
+    expect((await readCopy(stats, 10, 3)).toString()).toBe('abc');
     expect(stats.counters().write.ns).toBeGreaterThan(0n);
     expect(stats.format()).toMatch(/^total: 2 ops, \d+\.\d{6} s, 6 bytes, .*\/s\nread: 1 ops, /);
   });

@@ -7,6 +7,7 @@ import { PayloadPool } from '../../../../src/core/payload-pool';
 import { MemoryBackend } from '../../../../src/backends/memory-backend';
 import { NullBackend } from '../../../helpers/null-backend';
 import { RecordingLayer } from '../../../helpers/recording-layer';
+import { readCopy, testPool } from '../../../helpers/pool';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -39,9 +40,9 @@ describe('CoalesceLayer merging under backpressure', () => {
   test('4 streams x 64 x 256 KiB in flight against 50 ms requests still make full 8 MiB requests', async () => {
     // The case that collapsed: each write that would extend a run waited for a whole new
     // reservation while the run idled out, so nearly every request went out nearly empty.
-    const pool = new PayloadPool({ maxLiveBytes: 1024 * MiB });
-    const inner = new NullBackend(256 * MiB, 50);
-    const layer = new CoalesceLayer(inner, { requestSize: 8 * MiB, maxBufferedBytes: 64 * MiB, maxInFlight: 4, idleMs: 10 });
+    const pool = testPool({ maxLiveBytes: 1024 * MiB });
+    const inner = new NullBackend(256 * MiB, 50, pool);
+    const layer = new CoalesceLayer(inner, { pool, requestSize: 8 * MiB, maxBufferedBytes: 64 * MiB, maxInFlight: 4, idleMs: 10 });
     await streamWrites(layer, pool, 4, 64 * MiB, 256 * KiB, 64);
     await layer.flush();
     const st = layer.stats();
@@ -57,9 +58,9 @@ describe('CoalesceLayer merging under backpressure', () => {
   });
 
   test('a run is not sent by the idle timer while a write that extends it waits for memory', async () => {
-    const mem = new MemoryBackend(MiB);
+    const mem = new MemoryBackend(MiB, false, testPool());
     const inner = new RecordingLayer(mem);
-    const pool = new PayloadPool();
+    const pool = testPool();
     const layer = new CoalesceLayer(inner, { requestSize: 64 * KiB, maxBufferedBytes: 96 * KiB, idleMs: 5, pool });
     inner.hold();
     const writes: Promise<void>[] = [];
@@ -80,7 +81,7 @@ describe('CoalesceLayer merging under backpressure', () => {
       [0, 64 * KiB, 4],
       [64 * KiB, 64 * KiB, 4],
     ]);
-    const got = await mem.pread(0, 128 * KiB);
+    const got = await readCopy(mem, 0, 128 * KiB);
     for (let i = 0; i < 8; i++) expect(got[i * 16 * KiB]).toBe(i + 1);
     await layer.close();
     expect(pool.liveBytes).toBe(0);
@@ -107,11 +108,10 @@ describe('CoalesceLayer memory bound covers writes passing straight through', ()
     ['writes of directWriteSize or more', false],
     ['FUA writes', true],
   ])('%s: 8 connections x 16 x 4 MiB in flight stay within 8 MiB', async (_name, fua) => {
-    const pool = new PayloadPool({ maxLiveBytes: 1024 * MiB });
-    const inner = new RecordingLayer(new NullBackend(512 * MiB), { delay: () => 5 });
+    const pool = testPool({ maxLiveBytes: 1024 * MiB });
+    const inner = new RecordingLayer(new NullBackend(512 * MiB, 0, pool), { delay: () => 5 });
     const peak = measure(inner);
-    const layer = new CoalesceLayer(inner, {
-      requestSize: 8 * MiB,
+    const layer = new CoalesceLayer(inner, { pool, requestSize: 8 * MiB,
       maxBufferedBytes: 8 * MiB,
       directWriteSize: 4 * MiB,
       maxInFlight: 4,
@@ -135,8 +135,8 @@ describe('CoalesceLayer memory bound covers writes passing straight through', ()
   });
 
   test('a single write bigger than the bound still goes through', async () => {
-    const inner = new RecordingLayer(new NullBackend(64 * MiB));
-    const layer = new CoalesceLayer(inner, { requestSize: MiB, maxBufferedBytes: MiB });
+    const inner = new RecordingLayer(new NullBackend(64 * MiB, 0, testPool()));
+    const layer = new CoalesceLayer(inner, { pool: testPool(), requestSize: MiB, maxBufferedBytes: MiB });
     await layer.pwrite(Buffer.alloc(8 * MiB, 1), 0);
     await layer.pwrite(Buffer.alloc(8 * MiB, 1), 8 * MiB, { fua: true });
     expect(inner.writes().map((c) => c.length)).toEqual([8 * MiB, 8 * MiB]);

@@ -5,6 +5,7 @@ import { DataLossError, toNbdErrno } from '../../../../src/core/errors';
 import { NbdError } from '../../../../src/nbd/codec/constants';
 import { EXTENT_HOLE } from '../../../../src/core/backend';
 import { RecordingLayer, type RecordingOptions } from '../../../helpers/recording-layer';
+import { readCopy, testPool } from '../../../helpers/pool';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -21,10 +22,10 @@ function pattern(length: number, seed: number): Buffer {
   return b;
 }
 
-function stack(size: number, opts: CoalesceOptions = {}, rec: RecordingOptions = {}) {
-  const mem = new MemoryBackend(size);
+function stack(size: number, opts: Partial<CoalesceOptions> = {}, rec: RecordingOptions = {}) {
+  const mem = new MemoryBackend(size, false, testPool());
   const inner = new RecordingLayer(mem, rec);
-  const layer = new CoalesceLayer(inner, { idleMs: 0, ...opts });
+  const layer = new CoalesceLayer(inner, { idleMs: 0, ...opts, pool: opts.pool ?? testPool() });
   return { mem, inner, layer };
 }
 
@@ -51,12 +52,12 @@ function captureLogger() {
 
 describe('CoalesceLayer construction', () => {
   test('rejects requestSize <= 0 and inconsistent limits', () => {
-    const mem = new MemoryBackend(MiB);
-    expect(() => new CoalesceLayer(mem, { requestSize: 0 })).toThrow(RangeError);
-    expect(() => new CoalesceLayer(mem, { requestSize: -1 })).toThrow(RangeError);
-    expect(() => new CoalesceLayer(mem, { requestSize: 1.5 })).toThrow(RangeError);
-    expect(() => new CoalesceLayer(mem, { requestSize: MiB, maxBufferedBytes: MiB - 1 })).toThrow(RangeError);
-    expect(() => new CoalesceLayer(mem, { maxInFlight: 0 })).toThrow(RangeError);
+    const mem = new MemoryBackend(MiB, false, testPool());
+    expect(() => new CoalesceLayer(mem, { pool: testPool(), requestSize: 0 })).toThrow(RangeError);
+    expect(() => new CoalesceLayer(mem, { pool: testPool(), requestSize: -1 })).toThrow(RangeError);
+    expect(() => new CoalesceLayer(mem, { pool: testPool(), requestSize: 1.5 })).toThrow(RangeError);
+    expect(() => new CoalesceLayer(mem, { pool: testPool(), requestSize: MiB, maxBufferedBytes: MiB - 1 })).toThrow(RangeError);
+    expect(() => new CoalesceLayer(mem, { pool: testPool(), maxInFlight: 0 })).toThrow(RangeError);
   });
 
   test('keeps the inner capabilities, so CAN_MULTI_CONN stays', () => {
@@ -80,7 +81,7 @@ describe('CoalesceLayer merging', () => {
       [0, 8 * MiB],
       [8 * MiB, 8 * MiB],
     ]);
-    expect((await mem.pread(0, 16 * MiB)).equals(data)).toBe(true);
+    expect((await readCopy(mem, 0, 16 * MiB)).equals(data)).toBe(true);
     const st = layer.stats();
     expect(st.writesIn).toBe(64);
     expect(st.requestsOut).toBe(2);
@@ -96,7 +97,7 @@ describe('CoalesceLayer merging', () => {
     await layer.flush();
     expect(inner.writes().map((c) => c.length)).toEqual([8 * MiB, 8 * MiB, 4 * MiB]);
     expect(inner.calls[inner.calls.length - 1].op).toBe('flush');
-    expect((await mem.pread(0, data.length)).equals(data)).toBe(true);
+    expect((await readCopy(mem, 0, data.length)).equals(data)).toBe(true);
   });
 
   test('unaligned writes are split at request boundaries', async () => {
@@ -109,7 +110,7 @@ describe('CoalesceLayer merging', () => {
     await layer.flush();
     const lengths = inner.writes().map((c) => c.length);
     expect(lengths.slice(0, -1).every((n) => n === 64 * KiB)).toBe(true);
-    expect((await mem.pread(1000, data.length)).equals(data)).toBe(true);
+    expect((await readCopy(mem, 1000, data.length)).equals(data)).toBe(true);
   });
 
   test('interleaved sequential streams (several connections) each merge', async () => {
@@ -126,7 +127,7 @@ describe('CoalesceLayer merging', () => {
     expect(inner.writes().every((c) => c.length === MiB)).toBe(true);
     expect(inner.writes()).toHaveLength(16);
     for (let i = 0; i < streams.length; i++) {
-      expect((await mem.pread(streams[i], 4 * MiB)).equals(data[i])).toBe(true);
+      expect((await readCopy(mem, streams[i], 4 * MiB)).equals(data[i])).toBe(true);
     }
   });
 
@@ -147,7 +148,7 @@ describe('CoalesceLayer merging', () => {
     expect(rewrite.start).toBeGreaterThanOrEqual(first.end!);
     expect(layer.stats().sentOverlap).toBe(1);
     expect(inner.overlapViolations).toEqual([]);
-    const got = await mem.pread(0, 16 * KiB);
+    const got = await readCopy(mem, 0, 16 * KiB);
     const want = Buffer.concat([Buffer.alloc(2 * KiB, 1), Buffer.alloc(KiB, 2), Buffer.alloc(5 * KiB, 1), Buffer.alloc(8 * KiB, 3)]);
     expect(got.equals(want)).toBe(true);
   });
@@ -158,7 +159,7 @@ describe('CoalesceLayer merging', () => {
     await layer.pwrite(buf, 0);
     buf.fill(9);
     await layer.flush();
-    expect((await mem.pread(0, 4 * KiB)).equals(Buffer.alloc(4 * KiB, 7))).toBe(true);
+    expect((await readCopy(mem, 0, 4 * KiB)).equals(Buffer.alloc(4 * KiB, 7))).toBe(true);
   });
 
   test('a write larger than requestSize passes through unsplit, after overlapping buffered data', async () => {
@@ -172,7 +173,7 @@ describe('CoalesceLayer merging', () => {
       [0, 200 * KiB],
     ]);
     expect(layer.stats().passthroughWrites).toBe(1);
-    expect((await mem.pread(0, 200 * KiB)).equals(big)).toBe(true);
+    expect((await readCopy(mem, 0, 200 * KiB)).equals(big)).toBe(true);
   });
 
   test('an idle buffer is sent without waiting for a flush', async () => {
@@ -230,7 +231,7 @@ describe('CoalesceLayer merging', () => {
     await layer.pwrite(pattern(16 * KiB, 3), 48 * KiB);
     await layer.flush();
     expect(inner.writes().map((w) => [w.offset, w.length])).toEqual([[0, 32 * KiB], [32 * KiB, 32 * KiB]]);
-    expect(Buffer.concat([big, pattern(16 * KiB, 2), pattern(16 * KiB, 3)]).equals(await layer.pread(0, 64 * KiB))).toBe(true);
+    expect(Buffer.concat([big, pattern(16 * KiB, 2), pattern(16 * KiB, 3)]).equals(await readCopy(layer, 0, 64 * KiB))).toBe(true);
   });
 
   test('never more than maxInFlight requests reach the inner backend at once', async () => {
@@ -247,8 +248,9 @@ describe('CoalesceLayer ordering and visibility', () => {
     const { inner, layer } = stack(MiB, { requestSize: 64 * KiB });
     await layer.pwrite(Buffer.from('hello'), 1000);
     expect(inner.writes()).toHaveLength(0);
-    const got = await layer.pread(998, 9);
+    const got = await readCopy(layer, 998, 9);
     expect(got.toString('latin1')).toBe('\0\0hello\0\0');
+    await layer.flush(); // gives back the buffered copy
   });
 
   test('a read sees data whose request is still in flight', async () => {
@@ -258,7 +260,7 @@ describe('CoalesceLayer ordering and visibility', () => {
     await layer.pwrite(data.subarray(0, 32 * KiB), 0);
     await layer.pwrite(data.subarray(32 * KiB), 32 * KiB); // full: sent, but held below
     expect(inner.heldCount()).toBe(1);
-    const read = layer.pread(60 * KiB, 8 * KiB);
+    const read = readCopy(layer, 60 * KiB, 8 * KiB);
     // the inner read is held too; let it and the write go together
     inner.release();
     const got = await read;
@@ -275,7 +277,7 @@ describe('CoalesceLayer ordering and visibility', () => {
     await layer.pwrite(Buffer.alloc(KiB, 2), 10 * KiB); // buffered, newer
     const zero = layer.zero(12 * KiB, KiB); // sends nothing buffered there, waits for the held write
     await tick();
-    const read = layer.pread(9 * KiB, 5 * KiB);
+    const read = readCopy(layer, 9 * KiB, 5 * KiB);
     await tick();
     inner.release();
     const got = await read;
@@ -296,8 +298,8 @@ describe('CoalesceLayer ordering and visibility', () => {
     expect(z.op).toBe('zero');
     expect(z.start).toBeGreaterThanOrEqual(w.end!);
     const want = Buffer.concat([Buffer.alloc(4 * KiB, 1), Buffer.alloc(4 * KiB), Buffer.alloc(8 * KiB, 1)]);
-    expect((await mem.pread(0, 16 * KiB)).equals(want)).toBe(true);
-    expect((await layer.pread(0, 16 * KiB)).equals(want)).toBe(true);
+    expect((await readCopy(mem, 0, 16 * KiB)).equals(want)).toBe(true);
+    expect((await readCopy(layer, 0, 16 * KiB)).equals(want)).toBe(true);
   });
 
   test('a write after a zero on the same range lands on top of it', async () => {
@@ -308,7 +310,7 @@ describe('CoalesceLayer ordering and visibility', () => {
     await layer.flush();
     expect(inner.overlapViolations).toEqual([]);
     const want = Buffer.concat([Buffer.alloc(KiB), Buffer.alloc(KiB, 2), Buffer.alloc(14 * KiB)]);
-    expect((await mem.pread(0, 16 * KiB)).equals(want)).toBe(true);
+    expect((await readCopy(mem, 0, 16 * KiB)).equals(want)).toBe(true);
   });
 
   test('trim over buffered data keeps the order too', async () => {
@@ -335,7 +337,7 @@ describe('CoalesceLayer ordering and visibility', () => {
     const [a, b] = inner.writes();
     expect(b.start).toBeGreaterThanOrEqual(a.end!);
     const want = Buffer.concat([Buffer.alloc(32 * KiB, 1), Buffer.alloc(64 * KiB, 2)]);
-    expect((await mem.pread(0, 96 * KiB)).equals(want)).toBe(true);
+    expect((await readCopy(mem, 0, 96 * KiB)).equals(want)).toBe(true);
   });
 
   test('FUA write: overlapping buffered data first, then the write with fua, durable before it resolves', async () => {
@@ -350,7 +352,7 @@ describe('CoalesceLayer ordering and visibility', () => {
       [0, 16 * KiB, false],
       [4 * KiB, KiB, true],
     ]);
-    expect((await mem.pread(4 * KiB, KiB)).equals(Buffer.alloc(KiB, 2))).toBe(true);
+    expect((await readCopy(mem, 4 * KiB, KiB)).equals(Buffer.alloc(KiB, 2))).toBe(true);
     expect(inner.overlapViolations).toEqual([]);
   });
 
@@ -382,7 +384,7 @@ describe('CoalesceLayer flush', () => {
     await layer.flush();
     const flush = inner.calls.find((c) => c.op === 'flush')!;
     for (const w of inner.writes()) expect(w.end!).toBeLessThanOrEqual(flush.start);
-    expect((await mem.pread(500 * KiB, KiB)).equals(Buffer.alloc(KiB, 2))).toBe(true);
+    expect((await readCopy(mem, 500 * KiB, KiB)).equals(Buffer.alloc(KiB, 2))).toBe(true);
   });
 
   test('flush during writes covers every write that resolved before it', async () => {
@@ -401,7 +403,7 @@ describe('CoalesceLayer flush', () => {
       await sleep(2);
       const covered = [...done];
       await layer.flush();
-      for (const w of covered) expect((await mem.pread(w.off, w.data.length)).equals(w.data)).toBe(true);
+      for (const w of covered) expect((await readCopy(mem, w.off, w.data.length)).equals(w.data)).toBe(true);
     }
     stop = true;
     await Promise.all(writers);
@@ -425,7 +427,7 @@ describe('CoalesceLayer flush', () => {
       await layer.flush(); // one flush per connection, like nbdcopy --flush
     };
     await Promise.all([0, 1, 2, 3].map(conn));
-    expect((await mem.pread(0, size)).equals(model)).toBe(true);
+    expect((await readCopy(mem, 0, size)).equals(model)).toBe(true);
     expect(inner.overlapViolations).toEqual([]);
     expect(inner.writes().length).toBeLessThanOrEqual(24);
     expect(layer.stats().maxBufferedBytes).toBeLessThanOrEqual(8 * MiB);
@@ -454,10 +456,10 @@ describe('CoalesceLayer flush', () => {
       }
       // keep each op ordered after the previous one, as one client connection waiting for replies
       await ops[ops.length - 1];
-      if (rnd(20) === 0) expect((await layer.pread(0, size)).equals(model)).toBe(true);
+      if (rnd(20) === 0) expect((await readCopy(layer, 0, size)).equals(model)).toBe(true);
     }
     await layer.flush();
-    expect((await mem.pread(0, size)).equals(model)).toBe(true);
+    expect((await readCopy(mem, 0, size)).equals(model)).toBe(true);
     expect(inner.overlapViolations).toEqual([]);
   });
 });
@@ -489,10 +491,10 @@ describe('CoalesceLayer overlapping concurrent connections', () => {
       await Promise.all(inflight);
     };
     await Promise.all([0, 1, 2, 3].map(conn));
-    const seen = await layer.pread(0, size);
+    const seen = await readCopy(layer, 0, size);
     await layer.flush();
     expect(inner.overlapViolations).toEqual([]);
-    expect((await mem.pread(0, size)).equals(seen)).toBe(true);
+    expect((await readCopy(mem, 0, size)).equals(seen)).toBe(true);
     expect(layer.stats().maxBufferedBytes).toBeLessThanOrEqual(128 * KiB);
     await layer.close();
   });
@@ -541,7 +543,7 @@ describe('CoalesceLayer memory bound', () => {
     }
     await layer.flush();
     expect(layer.stats().maxBufferedBytes).toBeLessThanOrEqual(limit);
-    expect((await mem.pread(0, 8 * MiB)).equals(model)).toBe(true);
+    expect((await readCopy(mem, 0, 8 * MiB)).equals(model)).toBe(true);
     expect(inner.overlapViolations).toEqual([]);
   });
 });
@@ -569,7 +571,7 @@ describe('CoalesceLayer failures', () => {
     await expect(layer.zero(0, KiB)).rejects.toMatchObject({ errno: NbdError.EIO });
     expect(inner.calls.filter((c) => c.op === 'flush')).toHaveLength(0);
     // reads still work
-    expect((await layer.pread(0, KiB)).equals(Buffer.alloc(KiB, 1))).toBe(true);
+    expect((await readCopy(layer, 0, KiB)).equals(Buffer.alloc(KiB, 1))).toBe(true);
     await expect(layer.close()).rejects.toBeInstanceOf(DataLossError);
     expect(inner.calls[inner.calls.length - 1].op).toBe('close');
   });
@@ -588,6 +590,7 @@ describe('CoalesceLayer failures', () => {
     await sleep(20);
     await expect(layer.flush()).rejects.toBeInstanceOf(DataLossError);
     await expect(layer.flush()).rejects.toBeInstanceOf(DataLossError);
+    await expect(layer.close()).rejects.toBeInstanceOf(DataLossError); // and gives back what it held
   });
 
   test('a failed FUA write or zero is reported to its caller and does not poison the layer', async () => {
@@ -610,7 +613,7 @@ describe('CoalesceLayer failures', () => {
     expect(layer.stats().deferredZeroes).toBe(1);
     expect(inner.calls.filter((c) => c.op === 'zero' && c.end !== undefined)).toEqual([]);
     // ...reads see zeroes meanwhile...
-    expect((await layer.pread(0, 4 * KiB)).every((b) => b === 0)).toBe(true);
+    expect((await readCopy(layer, 0, 4 * KiB)).every((b) => b === 0)).toBe(true);
     // ...and once it has failed, flush reports the loss, now and later; later writes fail too.
     await expect(layer.flush()).rejects.toBeInstanceOf(DataLossError);
     await expect(layer.flush()).rejects.toBeInstanceOf(DataLossError);
@@ -626,14 +629,14 @@ describe('CoalesceLayer failures', () => {
 
 describe('CoalesceLayer close', () => {
   test('close sends buffered data, flushes, then closes the inner backend', async () => {
-    const mem = new MemoryBackend(MiB);
+    const mem = new MemoryBackend(MiB, false, testPool());
     const inner = new RecordingLayer(mem);
-    const layer = new CoalesceLayer(inner, { requestSize: 64 * KiB, idleMs: 1000 });
+    const layer = new CoalesceLayer(inner, { pool: testPool(), requestSize: 64 * KiB, idleMs: 1000 });
     await layer.pwrite(Buffer.alloc(KiB, 1), 0);
     let seen: Buffer | undefined;
     const close = mem.close.bind(mem);
     mem.close = async () => {
-      seen = await mem.pread(0, KiB);
+      seen = await readCopy(mem, 0, KiB);
       return close();
     };
     await layer.close();

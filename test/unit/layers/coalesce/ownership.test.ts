@@ -9,6 +9,7 @@ import type { Backend, Capabilities, WriteFlags } from '../../../../src/core/bac
 import { MemoryBackend } from '../../../../src/backends/memory-backend';
 import { BackendError, DataLossError } from '../../../../src/core/errors';
 import { NbdError } from '../../../../src/nbd/codec/constants';
+import { readCopy, testPool } from '../../../helpers/pool';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -36,7 +37,7 @@ class CapturingBackend implements Backend {
     size: number,
     private readonly opts: { releaseAtOnce?: boolean; readResult?: () => Buffer } = {},
   ) {
-    this.mem = new MemoryBackend(size);
+    this.mem = new MemoryBackend(size, false, testPool());
   }
   size(): number {
     return this.mem.size();
@@ -94,7 +95,7 @@ function filled(pool: PayloadPool, n: number, byte: number): Buffer {
 
 describe('CoalesceLayer keeps payloads by reference', () => {
   test('a merged request is the list of the buffers written, not a copy', async () => {
-    const pool = new PayloadPool();
+    const pool = testPool();
     const inner = new CapturingBackend(4 * MiB);
     const layer = new CoalesceLayer(inner, { requestSize: MiB, idleMs: 0, pool });
     const bufs = [0, 1, 2, 3].map((i) => filled(pool, 256 * KiB, i + 1));
@@ -114,7 +115,7 @@ describe('CoalesceLayer keeps payloads by reference', () => {
   });
 
   test('a write straddling the request boundary is split into subarrays of one buffer', async () => {
-    const pool = new PayloadPool();
+    const pool = testPool();
     const inner = new CapturingBackend(4 * MiB);
     const layer = new CoalesceLayer(inner, { requestSize: 256 * KiB, idleMs: 0, pool });
     await layer.pwrite(filled(pool, 200 * KiB, 1), 0);
@@ -133,13 +134,13 @@ describe('CoalesceLayer keeps payloads by reference', () => {
     inner.finishAll();
     await flush;
     expect(pool.liveBytes).toBe(0);
-    const got = await inner.mem.pread(0, 300 * KiB);
+    const got = await readCopy(inner.mem, 0, 300 * KiB);
     expect(got.equals(Buffer.concat([Buffer.alloc(200 * KiB, 1), Buffer.alloc(100 * KiB, 2)]))).toBe(true);
     await layer.close();
   });
 
   test('plain Buffers are copied into pooled ones, so the caller may reuse them', async () => {
-    const pool = new PayloadPool();
+    const pool = testPool();
     const inner = new CapturingBackend(MiB);
     const layer = new CoalesceLayer(inner, { requestSize: 64 * KiB, idleMs: 0, pool });
     const plain = Buffer.alloc(4 * KiB, 7);
@@ -149,12 +150,12 @@ describe('CoalesceLayer keeps payloads by reference', () => {
     expect(pool.liveBytes).toBeGreaterThan(0);
     inner.finishFromNowOn();
     await layer.close();
-    expect((await inner.mem.pread(0, 4 * KiB)).equals(Buffer.alloc(4 * KiB, 7))).toBe(true);
+    expect((await readCopy(inner.mem, 0, 4 * KiB)).equals(Buffer.alloc(4 * KiB, 7))).toBe(true);
     expect(pool.liveBytes).toBe(0);
   });
 
   test('data in flight stays readable even if the backend below releases it before answering', async () => {
-    const pool = new PayloadPool();
+    const pool = testPool();
     const inner = new CapturingBackend(MiB, { releaseAtOnce: true });
     const layer = new CoalesceLayer(inner, { requestSize: 128 * KiB, idleMs: 0, pool });
     await layer.pwrite(filled(pool, 64 * KiB, 1), 0);
@@ -172,7 +173,7 @@ describe('CoalesceLayer keeps payloads by reference', () => {
 
 describe('CoalesceLayer releases every buffer exactly once', () => {
   test('when the deferred write fails, and when writes are refused afterwards', async () => {
-    const pool = new PayloadPool();
+    const pool = testPool();
     const inner = new CapturingBackend(MiB);
     const layer = new CoalesceLayer(inner, { requestSize: 128 * KiB, idleMs: 0, pool });
     await layer.pwrite(filled(pool, 64 * KiB, 1), 0);
@@ -189,7 +190,7 @@ describe('CoalesceLayer releases every buffer exactly once', () => {
   });
 
   test('a direct write that fails: released by the backend below and by the layer, once each', async () => {
-    const pool = new PayloadPool();
+    const pool = testPool();
     const inner = new CapturingBackend(MiB);
     const layer = new CoalesceLayer(inner, { requestSize: 64 * KiB, idleMs: 0, pool });
     const big = filled(pool, 64 * KiB, 1);
@@ -204,7 +205,7 @@ describe('CoalesceLayer releases every buffer exactly once', () => {
   });
 
   test('writes waiting for memory when the export closes are refused and released', async () => {
-    const pool = new PayloadPool();
+    const pool = testPool();
     const inner = new CapturingBackend(MiB);
     const layer = new CoalesceLayer(inner, { requestSize: 64 * KiB, maxBufferedBytes: 64 * KiB, idleMs: 0, pool });
     await layer.pwrite(filled(pool, 32 * KiB, 1), 0);
@@ -219,7 +220,7 @@ describe('CoalesceLayer releases every buffer exactly once', () => {
   });
 
   test('open runs are sent and released on close', async () => {
-    const pool = new PayloadPool();
+    const pool = testPool();
     const inner = new CapturingBackend(MiB);
     const layer = new CoalesceLayer(inner, { requestSize: MiB, idleMs: 1000, pool });
     await layer.pwrite(filled(pool, 16 * KiB, 1), 0);
@@ -235,7 +236,7 @@ describe('CoalesceLayer releases every buffer exactly once', () => {
 
 describe('CoalesceLayer read overlays and the ownership of read results', () => {
   test('a plain Buffer from below is not written into: the overlay goes into a pooled buffer', async () => {
-    const pool = new PayloadPool();
+    const pool = testPool();
     const plain = Buffer.alloc(64 * KiB);
     const inner = new CapturingBackend(MiB, { readResult: () => plain });
     const layer = new CoalesceLayer(inner, { requestSize: MiB, idleMs: 0, pool });
@@ -251,7 +252,7 @@ describe('CoalesceLayer read overlays and the ownership of read results', () => 
   });
 
   test('a result the caller owns alone is overlaid in place', async () => {
-    const pool = new PayloadPool();
+    const pool = testPool();
     let base: Buffer | undefined;
     const inner = new CapturingBackend(MiB, { readResult: () => (base = pool.tryAllocate(64 * KiB)!.fill(0)) });
     const layer = new CoalesceLayer(inner, { requestSize: MiB, idleMs: 0, pool });
@@ -268,7 +269,7 @@ describe('CoalesceLayer read overlays and the ownership of read results', () => 
   });
 
   test('a shared result (a read-ahead slice) is never written into: overlaid into a fresh buffer, the original released', async () => {
-    const pool = new PayloadPool();
+    const pool = testPool();
     const window = pool.tryAllocate(128 * KiB)!.fill(1);
     const slice = window.subarray(0, 64 * KiB);
     const inner = new CapturingBackend(MiB, {
@@ -293,7 +294,7 @@ describe('CoalesceLayer read overlays and the ownership of read results', () => 
   });
 
   test('a read that overlaps nothing pending returns the inner result as it is', async () => {
-    const pool = new PayloadPool();
+    const pool = testPool();
     const base = pool.tryAllocate(4 * KiB)!.fill(3);
     const inner = new CapturingBackend(MiB, { readResult: () => base });
     const layer = new CoalesceLayer(inner, { requestSize: MiB, idleMs: 0, pool });

@@ -25,9 +25,10 @@ import { randomFillSync } from 'node:crypto';
 import fc from 'fast-check';
 import { CoalesceLayer } from '../../../../src/layers/coalesce/coalesce-layer';
 import { MemoryBackend } from '../../../../src/backends/memory-backend';
-import { PayloadPool, releaseBuffer } from '../../../../src/core/payload-pool';
+import { releaseBuffer } from '../../../../src/core/payload-pool';
 import { DataLossError } from '../../../../src/core/errors';
 import { RecordingLayer } from '../../../helpers/recording-layer';
+import { testPool } from '../../../helpers/pool';
 
 const KiB = 1024;
 const REGION = 1024 * KiB;
@@ -116,7 +117,7 @@ async function runCase(c: Case, failPercent: number): Promise<void> {
     rng = (rng * 1103515245 + 12345) % 2147483648;
     return rng % n;
   };
-  const pool = new PayloadPool({ maxLiveBytes: 1024 * 1024 * 1024, maxFreeBytes: 16 * 1024 * 1024 });
+  const pool = testPool({ maxLiveBytes: 1024 * 1024 * 1024, maxFreeBytes: 16 * 1024 * 1024 });
   const mem = new MemoryBackend(DISK, false, pool); // the case's pool: its leak checks cover reads too
   let deferredFailures = 0;
   const inner = new RecordingLayer(mem, {
