@@ -11,9 +11,9 @@
  * - what clients hold, together, is at most CLIENT_SHARE (3/4) of the pool's bound: the rest is
  *   for work that finishes on its own (the backend, coalescing, read-ahead);
  * - while other connections wait, a connection that already holds memory gets more only up to
- *   its fair share (that 3/4 divided among the connections holding or waiting), and waiters
- *   are served least-holding first, skipping any that does not fit: a large waiter does not
- *   block a small request that fits;
+ *   its fair share (that 3/4 divided among the connections holding or waiting); waiters are
+ *   served in order, skipping any that does not fit or is over its share: a large waiter does
+ *   not block a small request that fits;
  * - READ replies one connection holds are capped at REPLY_SHARE of what clients may hold (below
  *   the bound), except one whole reply, which a client without structured replies must get in
  *   one piece; with structured replies a larger READ is answered in pieces (see connection.ts);
@@ -112,7 +112,7 @@ export class ReceiveBudget {
   allows(a: ClientAccount, size: number, kind: Kind): boolean {
     if (this.used > 0 && this.used + size > this.limit) return false;
     if (kind === 'reply' && a.replies > 0 && a.replies + size > this.replyCap) return false;
-    if (a.held > 0 && a.held + size > this.fairShare() && this.queue.some((w) => w.account !== a)) return false;
+    if (a.held > 0 && a.held + size > this.fairShare() && this.queue.length > a.waiting) return false;
     return true;
   }
 
@@ -135,13 +135,14 @@ export class ReceiveBudget {
     a.held -= size;
     if (kind === 'reply') a.replies -= size;
     else this.receiving -= size;
-    if (a.held === 0 && !this.queue.some((w) => w.account === a)) this.active.delete(a);
+    if (a.held === 0 && a.waiting === 0) this.active.delete(a);
     this.wake();
   }
 
   /** @internal queue a request; `grant` runs once it has been counted. */
   enqueue(w: Waiting): void {
     this.queue.push(w);
+    w.account.waiting++;
     this.active.add(w.account);
     this.wake();
   }
@@ -152,25 +153,34 @@ export class ReceiveBudget {
     for (let i = this.queue.length - 1; i >= 0; i--) {
       if (this.queue[i].account !== a) continue;
       const [w] = this.queue.splice(i, 1);
+      a.waiting--;
       w.cancelled?.();
     }
     if (a.held === 0) this.active.delete(a);
     if (this.queue.length !== before) this.wake();
   }
 
-  /** Serve waiters least-holding first (then in order), each one that fits. */
+  /**
+   * Serve waiters in order, each one that is allowed now: one that does not fit, or whose
+   * connection is over its share, does not hold back the others. (Order matters for speed: the
+   * READs of a sequential reader reach read-ahead in the order sent.)
+   */
   private wake(): void {
-    let served = true;
-    while (served && this.queue.length > 0) {
-      served = false;
-      const order = [...this.queue].sort((x, y) => x.account.held - y.account.held);
-      for (const w of order) {
-        if (!this.allows(w.account, w.size, w.kind)) continue;
-        this.queue.splice(this.queue.indexOf(w), 1);
+    // A grant only takes memory, so a waiter skipped in a pass stays skipped, except that the
+    // last waiter of other connections leaving lifts the share limit: then one more pass.
+    for (let granted = true; granted && this.queue.length > 0; ) {
+      granted = false;
+      for (let i = 0; i < this.queue.length; ) {
+        const w = this.queue[i];
+        if (!this.allows(w.account, w.size, w.kind)) {
+          i++;
+          continue;
+        }
+        this.queue.splice(i, 1);
+        w.account.waiting--;
         this.take(w.account, w.size, w.kind);
         w.grant();
-        served = true;
-        break; // the shares changed: sort again
+        granted = true;
       }
     }
   }
@@ -182,6 +192,8 @@ export class ClientAccount {
   held = 0;
   /** @internal bytes of replies held */
   replies = 0;
+  /** @internal requests of this connection waiting */
+  waiting = 0;
   private closed = false;
 
   constructor(private readonly budget: ReceiveBudget) {}
