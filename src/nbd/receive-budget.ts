@@ -34,9 +34,9 @@ export const CLIENT_SHARE = 0.75;
 export const REPLY_SHARE = 0.5;
 
 /**
- * The smallest bound (--max-memory) a server accepts: the clients' share of it takes the
- * largest payload accepted (MAX_PAYLOAD) at 3/4 of it, i.e. a WRITE of the advertised maximum
- * block size (32 MiB) with room left for other clients' replies.
+ * The smallest bound (--max-memory) the command accepts, 48 MiB: CLIENT_SHARE of MAX_PAYLOAD.
+ * With it, what clients may hold (36 MiB) takes one WRITE of the advertised maximum block size
+ * (32 MiB, src/nbd/export.ts) and leaves room for other clients' replies.
  */
 export const MIN_MAX_MEMORY = CLIENT_SHARE * MAX_PAYLOAD;
 

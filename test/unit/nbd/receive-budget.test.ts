@@ -3,7 +3,9 @@
  * bound, fair while others wait, replies capped per connection below the bound, and no waiter
  * holding back a request that fits.
  */
-import { ReceiveBudget } from '../../../src/nbd/receive-budget';
+import { CLIENT_SHARE, MIN_MAX_MEMORY, ReceiveBudget } from '../../../src/nbd/receive-budget';
+import { MAX_BLOCK_SIZE } from '../../../src/nbd/export';
+import { DEFAULTS } from '../../../src/core/defaults';
 import { releaseBuffer } from '../../../src/core/payload-pool';
 import { testPool } from '../../helpers/pool';
 
@@ -15,6 +17,11 @@ function setup() {
 }
 
 describe('ReceiveBudget', () => {
+  test('the smallest --max-memory lets clients hold one WRITE of the advertised maximum block size; the default is at least that', () => {
+    expect(MIN_MAX_MEMORY * CLIENT_SHARE).toBeGreaterThanOrEqual(MAX_BLOCK_SIZE);
+    expect(DEFAULTS.maxMemory).toBeGreaterThanOrEqual(MIN_MAX_MEMORY);
+  });
+
   test('limits: 3/4 of the bound for clients, half of that for one connection’s replies', () => {
     const { budget } = setup();
     expect(budget.limit).toBe(36 * MiB);
