@@ -1,6 +1,6 @@
 /**
  * What the built-in servers' subcommands (`imageio-server`, `engine-server`) share: their TLS
- * files, and serving until SIGINT or SIGTERM.
+ * files, and serving until a stop signal.
  */
 import { promises as fsp } from 'node:fs';
 
@@ -9,15 +9,17 @@ export async function readTlsFiles(cert: string | undefined, key: string | undef
   return cert && key ? { cert: await fsp.readFile(cert), key: await fsp.readFile(key) } : undefined;
 }
 
-/** Resolves with the first SIGINT or SIGTERM, and stops listening for them. */
-export function untilStopSignal(): Promise<NodeJS.Signals> {
+/** The command's signal owner, as these subcommands use it (src/cli/signals.ts has the same shape). */
+export interface StopSignals {
+  subscribe(handler: (sig: NodeJS.Signals, count: number) => void): () => void;
+}
+
+/** Resolves with the first stop signal (SIGINT, SIGTERM, SIGQUIT), and stops listening for them. */
+export function untilStopSignal(signals: StopSignals): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
-    const onSignal = (sig: NodeJS.Signals) => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+    const unsubscribe = signals.subscribe((sig) => {
+      unsubscribe();
       resolve(sig);
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
+    });
   });
 }

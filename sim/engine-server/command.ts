@@ -9,12 +9,12 @@ import { promises as fsp } from 'node:fs';
 import yargs from 'yargs';
 import { parseSize } from '../../src/core/size';
 import { createLogger } from '../../src/core/log';
-import { readTlsFiles, untilStopSignal } from '../subcommand';
+import { readTlsFiles, untilStopSignal, type StopSignals } from '../subcommand';
 import { readHardwareId } from '../../src/engine/placement';
 import { EngineControlServer } from './control';
 import { FakeEngine, type FakeHostSpec } from './fake-engine';
 
-export async function runEngineServerCommand(argv: string[]): Promise<number> {
+export async function runEngineServerCommand(argv: string[], signals: StopSignals): Promise<number> {
   let args;
   try {
     args = await yargs(argv)
@@ -108,7 +108,7 @@ export async function runEngineServerCommand(argv: string[]): Promise<number> {
     ].join('\n') + '\n',
   );
 
-  await untilStopSignal();
+  await untilStopSignal(signals);
   await control?.close();
   await engine.close();
   return 0;

@@ -9,7 +9,7 @@ import { promises as fsp } from 'node:fs';
 import yargs from 'yargs';
 import { VERSION } from '../../src/core/version';
 import { createLogger } from '../../src/core/log';
-import { readTlsFiles, untilStopSignal } from '../subcommand';
+import { readTlsFiles, untilStopSignal, type StopSignals } from '../subcommand';
 import { ControlServer } from './control';
 import { DATA_OPS, type FaultOp } from './faults';
 import { IMAGEIO_VERSION } from './http-errors';
@@ -81,7 +81,7 @@ function buildParser(argv: string[]) {
     });
 }
 
-export async function runImageioServerCommand(argv: string[]): Promise<number> {
+export async function runImageioServerCommand(argv: string[], signals: StopSignals): Promise<number> {
   const parser = buildParser(argv);
   let args;
   try {
@@ -138,7 +138,7 @@ export async function runImageioServerCommand(argv: string[]): Promise<number> {
   process.stdout.write(`${server.url}\n`);
   if (server.unixSocket !== undefined) process.stdout.write(`unix_socket=${displaySocket(server.unixSocket)}\n`);
 
-  const signal = await untilStopSignal();
+  const signal = await untilStopSignal(signals);
   logger.debug({ signal }, 'shutting down');
   await control?.close();
   await server.close();
