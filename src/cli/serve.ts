@@ -30,7 +30,7 @@ import { NbdServer } from '../nbd/nbd-server';
 import { formatSize } from '../core/size';
 import { formatHttpStats, memoryLine, statsRecords } from './stats-output';
 import { notifyDaemonReady } from './daemonize';
-import { ProgressReporter } from './progress';
+import { ProgressReporter, ProgressTracker } from './progress';
 import { processSignals, signalStatus, type SignalHandler, type SignalSource } from './signals';
 
 /** How long a stopped --run command may take to exit before its process group is killed. */
@@ -121,6 +121,8 @@ class ServeSession {
   /** Warnings and errors of the layers below, held back at the default level. */
   private held = 0;
   private progress?: ProgressReporter;
+  /** What the export has done, fed from below write coalescing (--progress only). */
+  private readonly tracker?: ProgressTracker;
   private statsFd?: number;
 
   constructor(
@@ -133,6 +135,7 @@ class ServeSession {
       format: config.logFormat,
       filter: (level, args, logger) => this.filterLog(level, args, logger),
     });
+    if (config.progress) this.tracker = new ProgressTracker();
   }
 
   /** The default level shows the command's own lines; the stack's warnings and errors are summarized. */
@@ -212,7 +215,7 @@ class ServeSession {
     // The command owns the process: its bound applies to every payload buffer in it.
     payloadPool.setMaxLiveBytes(c.maxMemory);
     try {
-      return await openExport({ ...c, onWaiting }, stackLogger);
+      return await openExport({ ...c, onWaiting, progress: this.tracker }, stackLogger);
     } finally {
       clearTimeout(waitTimer);
     }
@@ -317,14 +320,12 @@ class ServeSession {
       }
     };
 
-    if (c.progress) {
+    const tracker = this.tracker;
+    if (c.progress && tracker) {
       this.progress = new ProgressReporter({
         intervalMs: c.progress * 1000,
         size: stack.top.size(),
-        counters: () => {
-          const s = stack.stats.counters();
-          return { read: s.read.bytes, written: s.write.bytes, zeroed: s.zero.bytes };
-        },
+        counters: () => tracker.snapshot(),
         format: c.logFormat,
         tty: c.logFormat === 'pretty' && process.stderr.isTTY === true,
       });
@@ -346,7 +347,12 @@ class ServeSession {
           this.logger.debug({ err: describeError(err) }, 'could not send and flush all written data before exit');
         }
         if (privateDir) fs.rmSync(privateDir, { recursive: true, force: true });
-        this.progress?.finish();
+        const lost = closeFailed || stack.journal.writesFailed;
+        this.progress?.finish(
+          lost ? { done: false, why: 'written data not confirmed and flushed' }
+          : status !== 0 ? { done: false, why: c.run ? `the --run command ended with status ${status}` : `exit status ${status}` }
+          : { done: true },
+        );
         if (c.stats !== undefined) this.writeStats(stack);
         this.hooks.onShutdown?.(reason, closeFailed || stack.journal.writesFailed);
         const summary = stack.journal.summarize();
