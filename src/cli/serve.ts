@@ -87,7 +87,13 @@ const START_HINTS: Record<string, string> = {
 };
 
 /** A failure to start as one line: the cause, and what to do when we know. */
-function startMessage(err: unknown): string {
+function startMessage(err: unknown, url: string): string {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  if (url.startsWith('file:') && (code === 'ENOENT' || code === 'EACCES' || code === 'EISDIR')) {
+    const file = (err as NodeJS.ErrnoException).path ?? url;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : 'a directory, not a disk image';
+    return `cannot open ${file}: ${why}; give an imageio transfer URL (https://HOST:54322/images/TICKET), a disk image or memory:SIZE`;
+  }
   const h = err instanceof ConfigError ? undefined : findHttpError(err);
   if (!h) return err instanceof ImageioNbdError ? err.message : describeError(err);
   const hint = h.failure.code ? START_HINTS[h.failure.code] : undefined;
@@ -163,7 +169,7 @@ class ServeSession {
 
   /** Reports a failure to start as one clear line (a JSON line with --log-format json) and returns 1. */
   private startFailure(err: unknown): number {
-    const msg = startMessage(err);
+    const msg = startMessage(err, this.config.url);
     this.logger.debug({ err: describeError(err) }, 'start failed');
     if (this.config.logFormat === 'json') this.logger.fatal(`cannot start: ${msg}`);
     else process.stderr.write(`imageio-nbd: ${msg}\n`);
@@ -233,6 +239,10 @@ class ServeSession {
     }
     this.stack = stack;
     this.phase = 'serving';
+    if (stack.imageio && !stack.imageio.serverInfo().writable && !c.readonly) {
+      // Otherwise a writing client says only "Permission denied".
+      this.say('warn', 'the transfer is a download ticket (imageio allows no writes): serving it read-only; use -r/--readonly to say so');
+    }
     if (stack.imageio?.serverInfo().legacy) {
       this.say('warn', 'imageio OPTIONS gave no features (an old server): using one connection, zeroes sent as data, no flush');
     }
