@@ -11,6 +11,12 @@ import { dumpConfig, dumpPlugin, longOptions, shortOptions } from './nbdkit-comp
 import { serve } from './serve';
 import { processSignals } from './signals';
 
+/** Writes to stdout for a reader that may stop reading (`imageio-nbd --help | head -1`): not an error of ours. */
+function print(text: string): void {
+  process.stdout.on('error', () => undefined);
+  process.stdout.write(text);
+}
+
 /** Entry point: returns the exit status. */
 export async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'verify') {
@@ -28,7 +34,7 @@ export async function main(argv: string[]): Promise<number> {
   switch (parsed.kind) {
     case 'help':
     case 'version':
-      process.stdout.write(parsed.text + '\n');
+      print(parsed.text + '\n');
       return 0;
     case 'info': {
       const text = {
@@ -37,7 +43,7 @@ export async function main(argv: string[]): Promise<number> {
         'long-options': longOptions,
         'short-options': shortOptions,
       }[parsed.info]();
-      process.stdout.write(text + '\n');
+      print(text + '\n');
       return 0;
     }
     case 'imageio-server': {

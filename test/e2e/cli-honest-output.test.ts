@@ -27,6 +27,15 @@ describe('a closed stdout does not stop a server', () => {
     expect({ code: r.code, signal: r.signal, stderr: r.stderr }).toEqual({ code: 0, signal: null, stderr: '' });
   });
 
+  test('--help and --dump-config into a closed stdout (`| head -1`, `| true`): exit 0, no stack trace', async () => {
+    for (const args of [['--help'], ['--dump-config']]) {
+      const p = spawnCli(args);
+      p.child.stdout!.destroy();
+      const r = await p.exited;
+      expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 0, stderr: '' });
+    }
+  });
+
   test('engine-server with its stdout closed keeps serving; SIGTERM exits 0', async () => {
     const control = suite.dir.file('engine-control.sock');
     const p = spawnCli(['engine-server', '--hosts', '1', '--control', control, '--dir', suite.dir.file('engine')]);
