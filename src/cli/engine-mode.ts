@@ -48,6 +48,7 @@
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import type { ServeHooks } from './serve';
+import { processSignals } from './signals';
 import type { RunConfig } from './parse';
 import { ConfigError, EngineError, ImageioNbdError, describeError } from '../core/errors';
 import type { Logger } from '../core/log';
@@ -132,13 +133,11 @@ class EngineRun {
         process.exit(1);
       }
     };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
+    const unsubscribe = processSignals().subscribe(onSignal);
     try {
       return await this.lifecycle(serve);
     } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      unsubscribe();
       if (this.client) {
         await this.client.logout();
         await this.client.close();

@@ -9,6 +9,13 @@ import { createLogger } from '../core/log';
 import { daemonizeIfAsked } from './daemonize';
 import { dumpConfig, dumpPlugin, longOptions, shortOptions } from './nbdkit-compat';
 import { serve } from './serve';
+import { processSignals } from './signals';
+
+/** Writes to stdout for a reader that may stop reading (`imageio-nbd --help | head -1`): not an error of ours. */
+function print(text: string): void {
+  process.stdout.on('error', () => undefined);
+  process.stdout.write(text);
+}
 
 /** Entry point: returns the exit status. */
 export async function main(argv: string[]): Promise<number> {
@@ -27,7 +34,7 @@ export async function main(argv: string[]): Promise<number> {
   switch (parsed.kind) {
     case 'help':
     case 'version':
-      process.stdout.write(parsed.text + '\n');
+      print(parsed.text + '\n');
       return 0;
     case 'info': {
       const text = {
@@ -36,17 +43,17 @@ export async function main(argv: string[]): Promise<number> {
         'long-options': longOptions,
         'short-options': shortOptions,
       }[parsed.info]();
-      process.stdout.write(text + '\n');
+      print(text + '\n');
       return 0;
     }
     case 'imageio-server': {
       // Loaded only for this subcommand: start-up time counts in every captive copy.
       const { runImageioServerCommand } = require('../../sim/imageio-server/command') as typeof import('../../sim/imageio-server/command');
-      return runImageioServerCommand(parsed.argv);
+      return runImageioServerCommand(parsed.argv, processSignals());
     }
     case 'engine-server': {
       const { runEngineServerCommand } = require('../../sim/engine-server/command') as typeof import('../../sim/engine-server/command');
-      return runEngineServerCommand(parsed.argv);
+      return runEngineServerCommand(parsed.argv, processSignals());
     }
     case 'run':
       break;
@@ -58,7 +65,7 @@ export async function main(argv: string[]): Promise<number> {
     // Engine mode: get the transfer from the oVirt engine, serve it, then finalize or cancel it.
     const { runEngineMode } = require('./engine-mode') as typeof import('./engine-mode');
     const logger = createLogger({ verbose: config.verbose, format: config.logFormat });
-    return runEngineMode(config, logger, (cfg, _logger, hooks) => serve(cfg, hooks));
+    return runEngineMode(config, logger, (cfg, _logger, hooks) => serve(cfg, hooks, processSignals()));
   }
-  return serve(config);
+  return serve(config, undefined, processSignals());
 }

@@ -1,27 +1,15 @@
 /**
- * Every command-line option in one table: the parser (config.ts), --help, nbdkit's
+ * Every command-line option in one table: the parser (parse.ts), --help, nbdkit's
  * --long-options/--short-options and the README's options tables are all made from it, so
- * they cannot drift apart. To add an option, add a row here and read it in config.ts.
+ * they cannot drift apart. To add an option, add a row here and read it in parse.ts.
  */
+import { optionLabel, type OptionRow } from '../core/command-line';
 
 export type OptionGroup = 'nbdkit' | 'imageio' | 'engine' | 'output';
 
-export interface OptionSpec {
-  /** Canonical long name, without dashes. */
-  name: string;
-  /** One-letter form, without the dash. */
-  short?: string;
-  /** Other long spellings (nbdkit's), without dashes. */
-  aliases?: string[];
-  /** 'string': takes a value; 'flag': no value; 'count': repeatable flag (-vv). */
-  type: 'string' | 'flag' | 'count';
-  /** Name of the value in --help: SOCKET, PORT... */
-  arg?: string;
-  /** The value may be left out (--stats, --progress); arg is then shown as [=ARG]. */
-  optionalValue?: boolean;
+/** A row of the main command's table: the shared row shape, in a group of --help. */
+export interface OptionSpec extends OptionRow {
   group: OptionGroup;
-  /** One line, shown as it is by --help and in the README. */
-  describe: string;
 }
 
 export const OPTIONS: readonly OptionSpec[] = [
@@ -120,13 +108,7 @@ export const GROUP_TITLES: Record<OptionGroup, string> = {
   output: 'output options:',
 };
 
-/** "-U, --unix SOCKET", "--stats[=FILE]", "-f, --foreground, --no-fork": how --help names an option. */
-export function optionLabel(o: OptionSpec): string {
-  const names = [...(o.short ? [`-${o.short}`] : []), `--${o.name}`, ...(o.aliases ?? []).map((a) => `--${a}`)];
-  let label = names.join(', ');
-  if (o.arg) label += o.optionalValue ? `[=${o.arg}]` : ` ${o.arg}`;
-  return label;
-}
+export { optionLabel };
 
 /** The virt-v2v plugin parameters, as --help and the README list them. */
 export const PLUGIN_PARAMETERS: ReadonlyArray<{ label: string; describe: string }> = [

@@ -7,8 +7,8 @@
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { parseArgs as nodeParseArgs } from 'node:util';
 import { ConfigError } from '../core/errors';
+import { lastValue, OptionParser } from '../core/command-line';
 import { parseSize } from '../core/size';
 import { NBD_DEFAULT_PORT } from '../nbd/codec/constants';
 import { MIN_MAX_MEMORY } from '../nbd/receive-budget';
@@ -102,81 +102,29 @@ export const CLI_DEFAULTS = {
   host: DEFAULTS.host,
 } as const;
 
-type OptionSpec = { key: string; kind: 'string' | 'flag' | 'count' };
-
-interface OptionTable {
-  /** Every long name (aliases and refused nbdkit options included): where its value goes. */
-  specs: Map<string, OptionSpec>;
-  /** The same for node:util's parser. */
-  options: Record<string, { type: 'string' | 'boolean'; short?: string; multiple: true }>;
-  shorts: Set<string>;
-}
-
-let optionTable: OptionTable | undefined;
-
-/** The option table in the forms the parser needs; built once. */
-function table(): OptionTable {
-  if (optionTable) return optionTable;
-  const specs = new Map<string, OptionSpec>();
-  const options: OptionTable['options'] = {};
-  const add = (name: string, short: string | undefined, spec: OptionSpec) => {
-    specs.set(name, spec);
-    options[name] = { type: spec.kind === 'string' ? 'string' : 'boolean', multiple: true, ...(short ? { short } : {}) };
-  };
-  for (const o of OPTIONS) {
-    const spec: OptionSpec = { key: o.short ?? o.name, kind: o.type };
-    add(o.name, o.short, spec);
-    for (const alias of o.aliases ?? []) add(alias, undefined, spec);
-  }
-  for (const u of UNSUPPORTED_NBDKIT_OPTIONS) add(u.name, u.short, { key: u.short ?? u.name, kind: u.takesValue ? 'string' : 'flag' });
-  const shorts = new Set(Object.values(options).flatMap((o) => (o.short ? [o.short] : [])));
-  return (optionTable = { specs, options, shorts });
-}
+let optionParser: OptionParser | undefined;
 
 /**
- * Parses argv with the option table, in the shape the rest of this file reads: each option
- * under its short letter, else its name (aliases folded in); strings as typed (an array when
- * repeated), flags true, counts a number; positionals in `_`. node:util's parser rather than
- * yargs: it is built in, and loading yargs cost about 30 ms of every start.
+ * The main command's table in the parser, built once: each option under its short letter, else
+ * its name (aliases folded in); nbdkit's options we refuse are parsed too, to say why.
  */
-function parseTable(args: string[]): Record<string, unknown> {
-  const { specs, options } = table();
-  let parsed: { values: Record<string, unknown>; positionals: string[] };
-  try {
-    parsed = nodeParseArgs({ args, options, allowPositionals: true, strict: true });
-  } catch (err) {
-    throw new ConfigError(argumentError(err));
-  }
-  const a: Record<string, unknown> = { _: parsed.positionals };
-  for (const [name, value] of Object.entries(parsed.values)) {
-    const spec = specs.get(name)!;
-    const list = value as Array<string | boolean>;
-    if (spec.kind === 'count') a[spec.key] = ((a[spec.key] as number | undefined) ?? 0) + list.length;
-    else if (spec.kind === 'flag') a[spec.key] = true;
-    else {
-      // One value as a string, repeated ones as an array (text() takes the last).
-      const prev = a[spec.key] as string | string[] | undefined;
-      const all = [...(prev === undefined ? [] : Array.isArray(prev) ? prev : [prev]), ...(list as string[])];
-      a[spec.key] = all.length === 1 ? all[0] : all;
-    }
-  }
-  return a;
+function table(): OptionParser {
+  return (optionParser ??= new OptionParser(
+    [
+      ...OPTIONS,
+      ...UNSUPPORTED_NBDKIT_OPTIONS.map((u) => ({ name: u.name, short: u.short, type: u.takesValue ? ('string' as const) : ('flag' as const), describe: u.why })),
+    ],
+    (row) => row.short ?? row.name,
+  ));
 }
 
-/** node:util's parse errors, as one line that names the option. */
-function argumentError(err: unknown): string {
-  const e = err as { code?: string; message?: string };
-  const msg = String(e.message ?? err);
-  const opt = /'(-[^'\s]*)/.exec(msg)?.[1];
-  switch (e.code) {
-    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
-      return `unknown option ${opt ?? msg}: see --help`;
-    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
-      if (/argument missing|ambiguous/.test(msg)) return `option ${opt ?? ''} needs a value`.replace('  ', ' ');
-      if (/does not take an argument/.test(msg)) return `option ${opt ?? ''} takes no value`;
-      return msg;
-    default:
-      return msg;
+/** Parses argv with the option table; positionals in `_`. */
+function parseTable(args: string[]): Record<string, unknown> {
+  try {
+    const { values, positionals } = table().parse(args);
+    return { ...values, _: positionals };
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
   }
 }
 
@@ -185,10 +133,7 @@ function truthy(v: string): boolean {
 }
 
 /** The value of a string option as typed (the last one when repeated). */
-function text(v: unknown): string | undefined {
-  if (v === undefined) return undefined;
-  return Array.isArray(v) ? String(v[v.length - 1]) : String(v);
-}
+const text = lastValue;
 
 /** A whole number typed on the command line, or undefined when absent. */
 function wholeNumber(v: unknown, opt: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
@@ -218,8 +163,8 @@ function seconds(v: unknown, opt: string, min: number, max: number): number | un
  * argv and --stats' candidate file.
  */
 function normalizeArgv(argv: string[]): { args: string[]; statsCandidate?: string } {
-  const { specs, shorts } = table();
-  const known = (x: string) => (x.startsWith('--') ? specs.has(x.slice(2).split('=')[0]) : shorts.has(x.charAt(1)));
+  const parser = table();
+  const known = (x: string) => parser.isOption(x);
   const args: string[] = [];
   let statsCandidate: string | undefined;
   for (let i = 0; i < argv.length; i++) {
@@ -246,7 +191,7 @@ function normalizeArgv(argv: string[]): { args: string[]; statsCandidate?: strin
       // A value that starts with a dash (--size -5) is the value, as long as it is not an option:
       // node:util would refuse it as ambiguous, and the value's own check says what is wrong.
       x.startsWith('--') &&
-      specs.get(x.slice(2))?.kind === 'string' &&
+      parser.specs.get(x.slice(2))?.kind === 'string' &&
       next !== undefined &&
       next.startsWith('-') &&
       next !== '-' &&
@@ -257,6 +202,44 @@ function normalizeArgv(argv: string[]): { args: string[]; statsCandidate?: strin
     } else args.push(x);
   }
   return { args, statsCandidate };
+}
+
+/** The subcommands, for "did you mean" (main.ts dispatches them). */
+const SUBCOMMANDS = ['imageio-server', 'engine-server', 'verify'] as const;
+
+/** Edit distance of two short words (insertions, deletions, substitutions). */
+function distance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = row;
+  }
+  return prev[b.length];
+}
+
+/** A first argument like "help" or a mistyped subcommand: said before its options are parsed as the main command's. */
+function checkNotASubcommand(word: string): void {
+  if (/^help$/i.test(word)) throw new ConfigError(`'${word}' is not a subcommand: for help, run imageio-nbd --help`);
+  if (/^[a-z][a-z-]*$/i.test(word)) {
+    const near = SUBCOMMANDS.find((c) => distance(word.toLowerCase(), c) <= Math.max(1, Math.floor(c.length / 4)));
+    if (near) throw new ConfigError(`unknown subcommand '${word}': did you mean '${near}'? (subcommands: ${SUBCOMMANDS.join(', ')})`);
+  }
+}
+
+/**
+ * A URL argument that is surely not a disk image path: a word like a subcommand or "help", or a
+ * host:port without its scheme. Said now, instead of "file not found" from opening it.
+ */
+function checkLooksLikeUrl(url: string): void {
+  checkNotASubcommand(url);
+  // host:port[/path] (a name or an IPv4 address): imageio's URL without https://.
+  const m = /^((?:[a-z0-9-]+\.)*[a-z0-9-]+|\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})(\/.*)?$/i.exec(url);
+  if (m) {
+    throw new ConfigError(
+      `'${url}' looks like a URL without its scheme: write https://${url} (imageio's transfer URL), or http://${url} for a plain-HTTP server`,
+    );
+  }
 }
 
 /** Turns the URL argument into the URL served; a plain path is a file, as with nbdkit's file plugin. */
@@ -281,6 +264,7 @@ function normalizeUrl(url: string): string {
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
     throw new ConfigError(`unsupported URL '${url}': expected https://, http://, file:///path, a file path or memory:SIZE`);
   }
+  checkLooksLikeUrl(url);
   return pathToFileURL(path.resolve(url)).href;
 }
 
@@ -288,6 +272,7 @@ function normalizeUrl(url: string): string {
 export async function parseArgs(argv: string[]): Promise<ParseResult> {
   if (argv[0] === 'imageio-server') return { kind: 'imageio-server', argv: argv.slice(1) };
   if (argv[0] === 'engine-server') return { kind: 'engine-server', argv: argv.slice(1) };
+  if (argv[0] !== undefined && !argv[0].startsWith('-')) checkNotASubcommand(argv[0]);
   const { args, statsCandidate } = normalizeArgv(argv);
   const a = parseTable(args);
   if (a.h) return { kind: 'help', text: helpText() };

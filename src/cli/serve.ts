@@ -5,6 +5,11 @@
  * requests in flight, send and flush buffered data, close every HTTP connection, print stats,
  * and exit non-zero if any data could not be flushed.
  *
+ * Interrupted means failed: a signal during --run is passed to the command's process group
+ * (its own, so `sh -c`'s children get it too), the command is waited for (killed after a
+ * grace period), and the exit status is the command's failure or 128+N, as nbdkit reports a
+ * command killed by a signal. A second signal exits at once, non-zero.
+ *
  * What a person sees at the default level: a failure to start is one line naming the cause
  * and what to do; a failure while serving is one summary line at exit (root cause, how much
  * was not confirmed, whether the transfer is complete). The messages of the layers below
@@ -25,7 +30,11 @@ import { NbdServer } from '../nbd/nbd-server';
 import { formatSize } from '../core/size';
 import { formatHttpStats, memoryLine, statsRecords } from './stats-output';
 import { notifyDaemonReady } from './daemonize';
-import { ProgressReporter } from './progress';
+import { ProgressReporter, ProgressTracker } from './progress';
+import { processSignals, signalStatus, type SignalHandler, type SignalSource } from './signals';
+
+/** How long a stopped --run command may take to exit before its process group is killed. */
+const RUN_STOP_GRACE_MS = 10_000;
 
 /** Marks the logger handed to the export stack (inherited by its children). */
 const STACK_LOGGER = Symbol('imageio-nbd stack logger');
@@ -78,7 +87,13 @@ const START_HINTS: Record<string, string> = {
 };
 
 /** A failure to start as one line: the cause, and what to do when we know. */
-function startMessage(err: unknown): string {
+function startMessage(err: unknown, url: string): string {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  if (url.startsWith('file:') && (code === 'ENOENT' || code === 'EACCES' || code === 'EISDIR')) {
+    const file = (err as NodeJS.ErrnoException).path ?? url;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : 'a directory, not a disk image';
+    return `cannot open ${file}: ${why}; give an imageio transfer URL (https://HOST:54322/images/TICKET), a disk image or memory:SIZE`;
+  }
   const h = err instanceof ConfigError ? undefined : findHttpError(err);
   if (!h) return err instanceof ImageioNbdError ? err.message : describeError(err);
   const hint = h.failure.code ? START_HINTS[h.failure.code] : undefined;
@@ -101,17 +116,21 @@ class ServeSession {
   /** Warnings and errors of the layers below, held back at the default level. */
   private held = 0;
   private progress?: ProgressReporter;
+  /** What the export has done, fed from below write coalescing (--progress only). */
+  private readonly tracker?: ProgressTracker;
   private statsFd?: number;
 
   constructor(
     private readonly config: RunConfig,
     private readonly hooks: ServeHooks = {},
+    private readonly signals: SignalSource = processSignals(),
   ) {
     this.logger = createLogger({
       verbose: config.verbose,
       format: config.logFormat,
       filter: (level, args, logger) => this.filterLog(level, args, logger),
     });
+    if (config.progress) this.tracker = new ProgressTracker();
   }
 
   /** The default level shows the command's own lines; the stack's warnings and errors are summarized. */
@@ -138,7 +157,7 @@ class ServeSession {
 
   /** Reports a failure to start as one clear line (a JSON line with --log-format json) and returns 1. */
   private startFailure(err: unknown): number {
-    const msg = startMessage(err);
+    const msg = startMessage(err, this.config.url);
     this.logger.debug({ err: describeError(err) }, 'start failed');
     if (this.config.logFormat === 'json') this.logger.fatal(`cannot start: ${msg}`);
     else process.stderr.write(`imageio-nbd: ${msg}\n`);
@@ -190,7 +209,7 @@ class ServeSession {
     // One pool per process, bounded by --max-memory: every payload buffer of the stack and the server.
     const pool = new PayloadPool({ maxLiveBytes: c.maxMemory });
     try {
-      return await openExport({ ...c, pool, onWaiting }, stackLogger);
+      return await openExport({ ...c, pool, onWaiting, progress: this.tracker }, stackLogger);
     } finally {
       clearTimeout(waitTimer);
     }
@@ -208,6 +227,10 @@ class ServeSession {
     }
     this.stack = stack;
     this.phase = 'serving';
+    if (stack.imageio && !stack.imageio.serverInfo().writable && !c.readonly) {
+      // Otherwise a writing client says only "Permission denied".
+      this.say('warn', 'the transfer is a download ticket (imageio allows no writes): serving it read-only; use -r/--readonly to say so');
+    }
     if (stack.imageio?.serverInfo().legacy) {
       this.say('warn', 'imageio OPTIONS gave no features (an old server): using one connection, zeroes sent as data, no flush');
     }
@@ -263,10 +286,10 @@ class ServeSession {
     // A signal may come as soon as the pidfile exists (virt-v2v and scripts wait for it, then
     // may stop us at once): hold it until the shutdown path below is ready, never die of it.
     let earlySignal: NodeJS.Signals | undefined;
-    const holdSignal = (sig: NodeJS.Signals) => {
+    let onSignal: SignalHandler = (sig) => {
       earlySignal ??= sig;
     };
-    for (const sig of ['SIGINT', 'SIGTERM', 'SIGQUIT'] as const) process.on(sig, holdSignal);
+    const unsubscribe = this.signals.subscribe((sig, n) => onSignal(sig, n));
     if (c.pidfile) {
       try {
         // Atomically: whoever polls for the file (virt-v2v) never reads it half written.
@@ -274,6 +297,7 @@ class ServeSession {
         fs.writeFileSync(tmp, `${process.pid}\n`);
         fs.renameSync(tmp, c.pidfile);
       } catch (err) {
+        unsubscribe();
         await server.close();
         await stack.top.close().catch(() => undefined);
         return this.startFailure(new ConfigError(`cannot write pidfile ${c.pidfile}: ${(err as NodeJS.ErrnoException).code ?? describeError(err)}`));
@@ -295,14 +319,12 @@ class ServeSession {
       }
     };
 
-    if (c.progress) {
+    const tracker = this.tracker;
+    if (c.progress && tracker) {
       this.progress = new ProgressReporter({
         intervalMs: c.progress * 1000,
         size: stack.top.size(),
-        counters: () => {
-          const s = stack.stats.counters();
-          return { read: s.read.bytes, written: s.write.bytes, zeroed: s.zero.bytes };
-        },
+        counters: () => tracker.snapshot(),
         format: c.logFormat,
         tty: c.logFormat === 'pretty' && process.stderr.isTTY === true,
       });
@@ -324,7 +346,12 @@ class ServeSession {
           this.logger.debug({ err: describeError(err) }, 'could not send and flush all written data before exit');
         }
         if (privateDir) fs.rmSync(privateDir, { recursive: true, force: true });
-        this.progress?.finish();
+        const lost = closeFailed || stack.journal.writesFailed;
+        this.progress?.finish(
+          lost ? { done: false, why: 'written data not confirmed and flushed' }
+          : status !== 0 ? { done: false, why: c.run ? `the --run command ended with status ${status}` : `exit status ${status}` }
+          : { done: true },
+        );
         if (c.stats !== undefined) this.writeStats(stack);
         this.hooks.onShutdown?.(reason, closeFailed || stack.journal.writesFailed);
         const summary = stack.journal.summarize();
@@ -337,42 +364,78 @@ class ServeSession {
     };
 
     return new Promise<number>((resolve) => {
-      const finish = (reason: string, status: number) => void shutdown(reason, status).then(resolve);
+      const finish = (reason: string, status: number) =>
+        void shutdown(reason, status).then((code) => {
+          unsubscribe();
+          resolve(code);
+        });
       server.on('disconnect', () => {
         // nbdkit -s serves one client and exits when it leaves.
         if ('stdio' in c.listen) finish('the client on stdin/stdout disconnected', exitCode);
         else void flushIfIdle();
       });
-      let signals = 0;
-      const onSignal = (sig: NodeJS.Signals) => {
-        if (++signals > 1) {
-          process.stderr.write(`imageio-nbd: second ${sig}, exiting without flushing\n`);
-          process.exit(1);
-        }
-        finish(`received ${sig}`, exitCode);
-      };
-      // nbdkit treats SIGQUIT like SIGTERM and SIGINT: a clean shutdown.
-      for (const sig of ['SIGINT', 'SIGTERM', 'SIGQUIT'] as const) {
-        process.off(sig, holdSignal);
-        process.on(sig, onSignal);
-      }
-      if (earlySignal) onSignal(earlySignal);
+
       let runChild: ReturnType<typeof spawn> | undefined;
+      const running = () => runChild !== undefined && runChild.exitCode === null && runChild.signalCode === null;
+      /** Signals the --run command's process group: `sh -c`'s children are stopped too. */
+      const signalRun = (sig: NodeJS.Signals) => {
+        if (!running()) return;
+        try {
+          process.kill(-runChild!.pid!, sig);
+        } catch {
+          runChild!.kill(sig);
+        }
+      };
+      /** Resolves with the --run command's exit status (at once when there is none running). */
+      let runExited: Promise<number> = Promise.resolve(exitCode);
+      /** Set once a stop was asked for: the command's exit then no longer decides the status alone. */
+      let stopping = false;
+      /**
+       * Stops the --run command with `sig`, waits for it (SIGKILL to its group after
+       * RUN_STOP_GRACE_MS), then shuts down with the status `status(commandStatus)` says.
+       */
+      const stopRun = (reason: string, sig: NodeJS.Signals, status: (commandStatus: number) => number) => {
+        if (stopping) return;
+        stopping = true;
+        if (!running()) return finish(reason, status(exitCode));
+        signalRun(sig);
+        const grace = setTimeout(() => {
+          this.say('warn', `the --run command did not exit ${RUN_STOP_GRACE_MS / 1000} s after ${sig}: killing it`);
+          signalRun('SIGKILL');
+        }, RUN_STOP_GRACE_MS);
+        void runExited.then((code) => {
+          clearTimeout(grace);
+          finish(reason, status(code));
+        });
+      };
+
+      onSignal = (sig, n) => {
+        if (n > 1) {
+          // At once: nothing is flushed, the --run command is killed, the private socket goes.
+          signalRun('SIGKILL');
+          if (privateDir) fs.rmSync(privateDir, { recursive: true, force: true });
+          this.progress?.breakLine();
+          process.stderr.write(`imageio-nbd: second ${sig}, exiting without flushing\n`);
+          process.exit(signalStatus(sig));
+        }
+        // Interrupted means failed: the command's own failure, or 128+N as a shell reports it.
+        // Without --run, a signal is the normal way to stop a server (exit 0 once flushed).
+        if (c.run) stopRun(`received ${sig}`, sig, (code) => (code !== 0 ? code : signalStatus(sig)));
+        else finish(`received ${sig}`, exitCode);
+      };
+      if (earlySignal) onSignal(earlySignal, 1);
       // A stop from a hook also ends the --run command: it has nothing left to work on.
-      this.hooks.onStart?.((reason, status) => {
-        if (runChild && runChild.exitCode === null && runChild.signalCode === null) runChild.kill('SIGTERM');
-        finish(reason, status);
-      });
+      this.hooks.onStart?.((reason, status) => stopRun(reason, 'SIGTERM', () => status));
 
       if (c.exitWithParent) {
         const parent = process.ppid;
         const t = setInterval(() => {
-          if (process.ppid !== parent) finish('parent process exited', exitCode);
+          if (process.ppid !== parent) stopRun('parent process exited', 'SIGTERM', (code) => (c.run ? code || 1 : code));
         }, 500);
         t.unref();
       }
 
-      if (c.run) {
+      if (c.run && !stopping) {
         const env = {
           ...process.env,
           uri: uri,
@@ -381,15 +444,20 @@ class ServeSession {
           unixsocket: where.unix ?? '',
           port: where.port !== undefined ? String(where.port) : '',
         };
-        const child = (runChild = spawn('/bin/sh', ['-c', c.run], { stdio: 'inherit', env }));
-        child.on('error', (err) => {
-          this.say('error', `--run command failed to start: ${err.message}`);
-          finish('--run command failed', 1);
-        });
-        child.on('exit', (code, signal) => {
-          exitCode = code ?? (signal ? 128 + (os.constants.signals[signal] ?? 0) : 1);
-          this.hooks.onRunExit?.(exitCode);
-          finish(`--run command exited with status ${exitCode}`, exitCode);
+        // Its own process group, so that a stop reaches the commands `sh -c` starts.
+        const child = (runChild = spawn('/bin/sh', ['-c', c.run], { stdio: 'inherit', env, detached: true }));
+        runExited = new Promise<number>((resolveRun) => {
+          child.on('error', (err) => {
+            this.say('error', `--run command failed to start: ${err.message}`);
+            resolveRun(1);
+            if (!stopping) finish('--run command failed', 1);
+          });
+          child.on('exit', (code, signal) => {
+            exitCode = code ?? (signal ? signalStatus(signal) : 1);
+            resolveRun(exitCode);
+            this.hooks.onRunExit?.(exitCode);
+            if (!stopping) finish(`--run command exited with status ${exitCode}`, exitCode);
+          });
         });
       }
     });
@@ -474,6 +542,6 @@ async function stdioSocket(): Promise<net.Socket> {
 }
 
 /** Serves one run configuration to the end; resolves with the exit status. */
-export function serve(config: RunConfig, hooks?: ServeHooks): Promise<number> {
-  return new ServeSession(config, hooks).serve();
+export function serve(config: RunConfig, hooks?: ServeHooks, signals?: SignalSource): Promise<number> {
+  return new ServeSession(config, hooks, signals).serve();
 }

@@ -6,6 +6,8 @@
  */
 import { open } from 'node:fs/promises';
 import { Client } from 'undici';
+import { tlsVerifyMessage } from '../backends/imageio/negotiate';
+import { TLS_VERIFY_CODES } from '../backends/imageio/request-runner';
 import {
   ALGORITHMS,
   BlockHash,
@@ -86,6 +88,7 @@ export interface ImageioTarget {
 export class ImageioChecksumClient {
   private readonly client: Client;
   private readonly path: string;
+  private readonly origin: string;
 
   constructor(private readonly target: ImageioTarget) {
     let url: URL;
@@ -97,6 +100,7 @@ export class ImageioChecksumClient {
     if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new VerifyError(`URL must be http:// or https://: ${target.url}`);
     if (!/^\/images\/[^/]+$/.test(url.pathname)) throw new VerifyError(`URL path must be /images/TICKET-ID, not '${url.pathname}'`);
     this.path = url.pathname;
+    this.origin = url.origin;
     const tls = url.protocol === 'https:' ? (target.insecure ? { rejectUnauthorized: false } : target.cafile ? { ca: target.cafile } : {}) : {};
     this.client = new Client(url.origin, { connect: { timeout: 10_000, ...tls } });
   }
@@ -152,6 +156,8 @@ export class ImageioChecksumClient {
     try {
       res = await this.client.request({ method: 'GET', path, headers, headersTimeout: timeoutMs, bodyTimeout: 60_000 });
     } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (typeof code === 'string' && TLS_VERIFY_CODES.has(code)) throw new VerifyError(tlsVerifyMessage(this.origin, err));
       throw new VerifyError(`GET ${path.replace(/\?.*/, '')} failed: ${(err as Error).message}`);
     }
     const chunks: Buffer[] = [];
@@ -183,6 +189,23 @@ function httpFailure(what: string, status: number, body: string): VerifyError {
   return new VerifyError(`${what} failed: HTTP ${status}${hint}: ${body.trim().slice(0, 200)}`);
 }
 
+/** Magic numbers of disk image formats that are not raw data (as qemu-img's probes read them). */
+const FORMAT_MAGIC: ReadonlyArray<{ format: string; offset: number; magic: Buffer }> = [
+  { format: 'qcow2', offset: 0, magic: Buffer.from('QFI\xfb', 'latin1') },
+  { format: 'qed', offset: 0, magic: Buffer.from('QED\0', 'latin1') },
+  { format: 'vmdk', offset: 0, magic: Buffer.from('KDMV', 'latin1') },
+  { format: 'vmdk', offset: 0, magic: Buffer.from('# Disk DescriptorFile', 'latin1') },
+  { format: 'vhdx', offset: 0, magic: Buffer.from('vhdxfile', 'latin1') },
+  { format: 'vpc', offset: 0, magic: Buffer.from('conectix', 'latin1') },
+  { format: 'vdi', offset: 0x40, magic: Buffer.from([0x7f, 0x10, 0xda, 0xbe]) },
+  { format: 'luks', offset: 0, magic: Buffer.from('LUKS\xba\xbe', 'latin1') },
+];
+
+/** The image format whose header `head` (the file's first bytes) starts with; undefined for raw data. */
+export function imageFormat(head: Buffer): string | undefined {
+  return FORMAT_MAGIC.find((f) => head.length >= f.offset + f.magic.length && head.subarray(f.offset, f.offset + f.magic.length).equals(f.magic))?.format;
+}
+
 export interface VerifyResult {
   identical: boolean;
   /** The image size, and the local file's (which is compared zero-extended when smaller). */
@@ -202,14 +225,29 @@ export async function verifyUpload(path: string, target: ImageioTarget, opts: Ch
   const bad = checkBlockSize(blockSize);
   if (bad) throw new VerifyError(`invalid block size ${blockSize}: ${bad}`);
   let fileSize: number;
+  let format: string | undefined;
   try {
     const fh = await open(path, 'r');
-    const st = await fh.stat().finally(() => fh.close());
-    if (!st.isFile()) throw new Error('not a regular file');
-    fileSize = st.size;
+    try {
+      const st = await fh.stat();
+      if (!st.isFile()) throw new Error('not a regular file');
+      fileSize = st.size;
+      const head = Buffer.alloc(512);
+      const { bytesRead } = await fh.read(head, 0, head.length, 0);
+      format = imageFormat(head.subarray(0, bytesRead));
+    } finally {
+      await fh.close();
+    }
   } catch (err) {
     throw new VerifyError(`cannot open ${path}: ${(err as Error).message}`);
   }
+  // A container format (qcow2...) is compared byte for byte like any file: equal only when the
+  // image holds the container itself. A difference then says nothing about the upload.
+  const notRaw = () =>
+    new VerifyError(
+      `${path} is a ${format} image, not raw data: verify compares the disk's raw bytes, so a difference says nothing about the upload; ` +
+        `convert it first (qemu-img convert -f ${format} -O raw ${path} ${path}.raw) and verify that file`,
+    );
   const client = new ImageioChecksumClient(target);
   try {
     const [algorithms, imageSize] = await Promise.all([client.algorithms(), client.size()]);
@@ -217,6 +255,7 @@ export async function verifyUpload(path: string, target: ImageioTarget, opts: Ch
       throw new VerifyError(`the imageio server does not offer '${algorithm}': it offers ${algorithms.join(', ')}`);
     }
     if (fileSize > imageSize) {
+      if (format) throw notRaw();
       return {
         identical: false,
         imageSize,
@@ -240,6 +279,7 @@ export async function verifyUpload(path: string, target: ImageioTarget, opts: Ch
       throw new VerifyError(`the server computed ${remote.algorithm}/${remote.block_size}, not ${algorithm}/${blockSize}`);
     }
     const identical = local.checksum === remote.checksum;
+    if (!identical && format) throw notRaw();
     const extended = fileSize < imageSize ? ` (${path} zero-extended from ${fileSize} bytes)` : '';
     const message = identical
       ? `${path} and ${target.url} are identical: ${algorithm} checksum ${remote.checksum}, block size ${blockSize}, ${imageSize} bytes${extended}`

@@ -1,6 +1,6 @@
 /**
  * Builds the backend stack for a URL, like nbdkit loading a plugin and its filters:
- *   journal -> stats -> [coalesce] -> [size limit] -> imageio | file | memory
+ *   journal -> stats -> [readahead] -> [coalesce] -> [progress] -> [size limit] -> imageio | file | memory
  * Every failure here happens before anything listens, so the CLI can report one clear line.
  *
  * Start-up checks for imageio URLs, before and after the backend opens:
@@ -26,6 +26,7 @@ import type { ImageioBackend } from '../backends/imageio';
 import type { CoalesceLayer } from '../layers/coalesce/coalesce-layer';
 import type { ReadaheadLayer } from '../layers/readahead-layer';
 import { StatsLayer } from '../layers/stats-layer';
+import { ProgressLayer, type ProgressSink } from '../layers/progress-layer';
 import { FailureJournal } from '../layers/failure-journal';
 import { DEFAULTS } from '../core/defaults';
 import { probeScheme } from '../backends/imageio/start-probe';
@@ -84,6 +85,8 @@ export interface ExportOptions {
   probe?: boolean;
   /** Told when the server accepts a connection but does not answer for a while. */
   onWaiting?: (what: string) => void;
+  /** Told of each range done, as the backend completed it (below coalescing: writes once imageio confirmed them). */
+  progress?: ProgressSink;
 }
 
 const MiB = 2 ** 20;
@@ -201,6 +204,7 @@ export async function openExport(options: ExportOptions, logger: Logger = silent
     }
     base = new SizeLimit(base, opts.size);
   }
+  if (options.progress) base = new ProgressLayer(base, options.progress);
 
   let coalesce: CoalesceLayer | undefined;
   let inner = base;

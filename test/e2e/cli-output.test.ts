@@ -1,6 +1,8 @@
 /**
- * Progress and stats people can read and machines can parse: --progress counts reads (a
- * download) as well as writes, prints elapsed time, rate and ETA and ends with a final line;
+ * Progress and stats people can read and machines can parse: --progress counts the export's
+ * extent that is done (reads and skipped holes of a download, writes and zeroes of an upload
+ * once imageio confirmed them), prints elapsed time, rate and ETA and ends with a final line
+ * that says done only when the copy succeeded and was flushed;
  * one line per interval in a pipe, one line rewritten in place on a terminal; with
  * --log-format json every line of stderr (progress, stats, coalescing counters) is JSON.
  */
@@ -11,7 +13,7 @@ const SIZE = 32 * MiB;
 const suite = e2eSuite({ name: 'cli-output', size: SIZE, seed: 41 });
 const lines = (s: string) => s.split('\n').filter((l) => l.trim() !== '');
 
-test('--progress in a pipe: one line per interval, reads counted (a download), a final "done" line', async () => {
+test('--progress in a pipe: one line per interval; a sparse download (reads plus the holes skipped) ends at 100%', async () => {
   const s = await suite.imageio({ image: suite.source, readonly: true });
   const out = suite.dir.file('backup.raw');
   const r = await runCli(['--progress', '0.5', '--readonly', '--run', 'sleep 1.2; nbdcopy "$uri" "$OUT"', s.url], {
@@ -23,11 +25,57 @@ test('--progress in a pipe: one line per interval, reads counted (a download), a
   const l = lines(r.stderr);
   expect(l.length).toBeGreaterThanOrEqual(3);
   for (const x of l.slice(0, -1)) {
-    expect(x).toMatch(/^progress: [\d.]+% of 32 MiB \(written [^,]+, zeroed [^,]+, read [^)]+\), [\d.]+ s, [\d.]+ [\w ]*\/s, ETA (\?|[\d.]+ s|\d+ min \d+ s)$/);
+    expect(x).toMatch(/^progress: [\d.]+% of 32 MiB \(written [^,]+, zeroed [^,]+, read [^,]+, holes [^)]+\), [\d.]+ s, [\d.]+ [\w ]*\/s, ETA (\?|[\d.]+ s|\d+ min \d+ s)$/);
   }
-  const last = /^progress: done: ([\d.]+)% of 32 MiB \(written 0 bytes, zeroed 0 bytes, read ([\d.]+) (KiB|MiB)\) in [\d.]+ s, [\d.]+ [\w ]*\/s$/.exec(l.at(-1)!);
+  const last = /^progress: done: ([\d.]+)% of 32 MiB \(written 0 bytes, zeroed 0 bytes, read ([\d.]+) (KiB|MiB), holes ([\d.]+) (KiB|MiB)\) in [\d.]+ s, [\d.]+ [\w ]*\/s$/.exec(l.at(-1)!);
   expect(last).not.toBeNull();
-  expect(Number(last![1])).toBeGreaterThan(0); // a download no longer shows 0%
+  // The source is sparse (a third data): nbdcopy read the data and skipped the holes, all of it.
+  expect(last![1]).toBe('100.0');
+  expect(Number(last![2])).toBeLessThan(32);
+});
+
+test('--progress of an upload never shows more than imageio confirmed; the final line is done at 100% once flushed', async () => {
+  const s = await suite.imageio();
+  // The first write is held 3 s before imageio performs it: bytes handed to the coalescing
+  // layer are then far ahead of what imageio confirmed, and every line printed meanwhile is
+  // checked against what imageio had performed when it arrived.
+  s.server.faults.add({ op: 'write', times: 1, action: { delayMs: 3000 } });
+  const proc = spawnTracked(process.execPath, [CLI, '--log-format', 'json', '--progress', '0.1', '--run', 'nbdcopy "$SRC" "$uri"', s.url], {
+    env: { ...process.env, SRC: suite.source },
+  });
+  type Progress = { final: boolean; complete?: boolean; percent: number; written: number; zeroed: number; done: number };
+  const seen: Progress[] = [];
+  const violations: string[] = [];
+  let partial = '';
+  proc.child.stderr!.on('data', (chunk: Buffer) => {
+    // What imageio has performed when the line arrives: the line was computed before, and
+    // imageio performs a write before it answers, so this bounds what was confirmed then.
+    const st = s.server.stats();
+    partial += chunk.toString('utf8');
+    const complete = partial.split('\n');
+    partial = complete.pop()!;
+    for (const l of complete.filter((x) => x.trim() !== '')) {
+      const p = (JSON.parse(l) as { progress?: Progress }).progress;
+      if (!p) continue;
+      seen.push(p);
+      if (p.written > st.bytesWritten) violations.push(`written ${p.written} > ${st.bytesWritten} performed`);
+      if (p.zeroed > st.bytesZeroed) violations.push(`zeroed ${p.zeroed} > ${st.bytesZeroed} performed`);
+      if (p.done > st.bytesWritten + st.bytesZeroed) violations.push(`done ${p.done} > ${st.bytesWritten + st.bytesZeroed} performed`);
+    }
+  });
+  const r = await proc.exited;
+  expect(r.code).toBe(0);
+  expect(compareFiles(suite.source, s.image)).toBe('equal');
+  expect(violations).toEqual([]);
+  // The held write keeps the copy going for 3 s: lines every 0.1 s were checked meanwhile.
+  expect(seen.filter((p) => !p.final).length).toBeGreaterThan(0);
+  expect(seen.at(-1)).toMatchObject({ final: true, complete: true, percent: 100 });
+});
+
+test('--progress: the final line says NOT done when the copy failed', async () => {
+  const r = await runCli(['--progress', '5', '--run', 'exit 3', 'memory:1M']);
+  expect(r.code).toBe(3);
+  expect(lines(r.stderr).at(-1)).toMatch(/^progress: NOT done \(the --run command ended with status 3\): 0\.0% of 1 MiB /);
 });
 
 test('--progress on a terminal: one line rewritten in place, ended by the final line', async () => {

@@ -297,9 +297,9 @@ describe('output', () => {
     const lines = nonEmpty(r.stderr);
     expect(lines.length).toBeGreaterThanOrEqual(2);
     for (const l of lines.slice(0, -1)) {
-      expect(l).toMatch(/^progress: [\d.]+% of 1 MiB \(written [\d.]+ \w+, zeroed [\d.]+ \w+, read [\d.]+ \w+\), [\d.]+ s, [\d.]+ [\w ]*\/s, ETA (\?|[\d.]+ s)$/);
+      expect(l).toMatch(/^progress: [\d.]+% of 1 MiB \(written [\d.]+ \w+, zeroed [\d.]+ \w+, read [\d.]+ \w+, holes [\d.]+ \w+\), [\d.]+ s, [\d.]+ [\w ]*\/s, ETA (\?|[\d.]+ s)$/);
     }
-    expect(lines.at(-1)).toMatch(/^progress: done: 0\.0% of 1 MiB \(written 0 bytes, zeroed 0 bytes, read 0 bytes\) in [\d.]+ s, 0 bytes\/s$/);
+    expect(lines.at(-1)).toMatch(/^progress: done: 0\.0% of 1 MiB \(written 0 bytes, zeroed 0 bytes, read 0 bytes, holes 0 bytes\) in [\d.]+ s, 0 bytes\/s$/);
   });
 
   test('-v gives one debug line per request (NBD and HTTP)', async () => {

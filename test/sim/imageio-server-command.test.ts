@@ -195,7 +195,9 @@ test('imageio-server command: -h, --help, -V, --version need no --image; help te
     const r = await runServer([flag]);
     expect(r.code).toBe(0);
     expect(r.stderr).toBe('');
-    expect(r.stdout).toMatch(/^imageio-nbd imageio-server --image FILE/);
+    // The help format of every command: usage, options, exit status.
+    expect(r.stdout).toMatch(/^Usage: imageio-nbd imageio-server --image FILE/);
+    expect(r.stdout).toMatch(/\nExit status: 0 /);
     for (const opt of ['--image', '--unix', '--latency', '--latency-ops', '--control', '--version', '--help']) expect(r.stdout).toContain(opt);
     // Every option line: description, at least one space, then [tags].
     const lines = r.stdout.split('\n').filter((l) => /^\s+-/.test(l));

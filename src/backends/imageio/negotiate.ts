@@ -105,15 +105,22 @@ export function startError(err: unknown, o: ResolvedOptions): unknown {
     );
   }
   if (code && TLS_VERIFY_CODES.has(code)) {
-    return withCause(
-      new ConfigError(
-        `cannot verify the TLS certificate of ${origin}: ${describeError(err.cause ?? err)}; ` +
-          `pass the CA that signed it (cafile) or turn verification off (insecure)`,
-      ),
-      err,
-    );
+    return withCause(new ConfigError(tlsVerifyMessage(origin, err)), err);
   }
   return err;
+}
+
+/**
+ * A certificate that could not be verified, as one line: the problem once (the innermost error
+ * with a certificate code, without Node's advice on how to start it) and the options that fix it.
+ */
+export function tlsVerifyMessage(origin: string, err: unknown): string {
+  let reason = describeError(err);
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && TLS_VERIFY_CODES.has(code)) reason = `${e.message.replace(/; if the root CA is installed locally.*$/s, '')} [${code}]`;
+  }
+  return `cannot verify the TLS certificate of ${origin}: ${reason}: pass the CA that signed it with --cafile FILE, or turn verification off with --insecure`;
 }
 
 function withCause<T extends Error>(e: T, cause: unknown): T {

@@ -204,3 +204,20 @@ describe('parseArgs', () => {
     expect(await parseArgs(['imageio-server', '--image', 'x'])).toEqual({ kind: 'imageio-server', argv: ['--image', 'x'] });
   });
 });
+
+describe('arguments that are not what they look like', () => {
+  test('a host:port without its scheme is named as such, not opened as a file', async () => {
+    await expect(parseArgs(['127.0.0.1:54322/images/T'])).rejects.toThrow("'127.0.0.1:54322/images/T' looks like a URL without its scheme: write https://127.0.0.1:54322/images/T");
+    await expect(parseArgs(['host.example.com:54322/images/T'])).rejects.toThrow(/looks like a URL without its scheme/);
+    // A path that merely contains a colon elsewhere is still a file.
+    expect(await parseArgs(['./a:b.raw'])).toMatchObject({ kind: 'run' });
+  });
+
+  test('"help" and near-misses of a subcommand, before their options are parsed', async () => {
+    await expect(parseArgs(['help'])).rejects.toThrow("'help' is not a subcommand: for help, run imageio-nbd --help");
+    await expect(parseArgs(['imageio-sever', '--image', 'x'])).rejects.toThrow("unknown subcommand 'imageio-sever': did you mean 'imageio-server'?");
+    await expect(parseArgs(['engine-srver'])).rejects.toThrow(/did you mean 'engine-server'/);
+    // A word far from every subcommand may be a file.
+    expect(await parseArgs(['disk'])).toMatchObject({ kind: 'run' });
+  });
+});
