@@ -1,0 +1,158 @@
+/**
+ * The connector against real TLS servers on 127.0.0.1 (a test CA made with openssl): ALPN
+ * offers only http/1.1, SNI names the host (and is absent for an IP), the CA file verifies and
+ * a wrong one fails with the verification code, insecure skips verification, a server that
+ * will not speak http/1.1 fails the connect, and the connect timeout covers the handshake.
+ */
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { readFileSync } from 'node:fs';
+import { HttpConnection } from '../../../../../src/backends/imageio/http/connection';
+import { connectSocket, type Endpoint } from '../../../../../src/backends/imageio/http/connector';
+import { makePki, type TestPki } from '../../../../helpers/cli';
+import { tmpDir, type TmpDir } from '../../../../helpers/tmp-dir';
+
+let dir: TmpDir;
+let pki: TestPki;
+beforeAll(() => {
+  dir = tmpDir();
+  pki = makePki(dir.path);
+});
+afterAll(() => dir.cleanup());
+
+const cleanups: Array<() => unknown> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+interface Hello {
+  protocols: string[];
+  servername: string | undefined;
+}
+
+/** A TLS server answering every request with a 206 of `body`; records each ClientHello's ALPN list and SNI. */
+async function tlsServer(opts: { alpn?: 'record' | string[]; body?: Buffer } = {}): Promise<{ port: number; hellos: Hello[] }> {
+  const hellos: Hello[] = [];
+  const body = opts.body ?? Buffer.from('abcd');
+  const alpn =
+    opts.alpn === undefined || opts.alpn === 'record'
+      ? {
+          ALPNCallback: ({ servername, protocols }: { servername: string; protocols: string[] }) => {
+            hellos.push({ protocols, servername: servername || undefined });
+            return protocols.includes('http/1.1') ? 'http/1.1' : undefined;
+          },
+        }
+      : { ALPNProtocols: opts.alpn };
+  const sockets = new Set<net.Socket>();
+  const server = tls.createServer({ cert: pki.cert, key: pki.key, ...alpn }, (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+    let seen = '';
+    s.on('data', (d: Buffer) => {
+      seen += d.toString('latin1');
+      while (seen.includes('\r\n\r\n')) {
+        seen = seen.slice(seen.indexOf('\r\n\r\n') + 4);
+        s.write(Buffer.concat([Buffer.from(`HTTP/1.1 206 Partial Content\r\nContent-Length: ${body.length}\r\n\r\n`), body]));
+      }
+    });
+  });
+  server.on('tlsClientError', () => {});
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  cleanups.push(async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise((r) => server.close(r));
+  });
+  return { port: (server.address() as net.AddressInfo).port, hellos };
+}
+
+function endpoint(port: number, extra: Partial<Endpoint> = {}): Endpoint {
+  return {
+    kind: 'url',
+    display: `https://localhost:${port}`,
+    protocol: 'https:',
+    hostname: 'localhost',
+    port: String(port),
+    tls: { ca: readFileSync(pki.ca) },
+    connectTimeoutMs: 5000,
+    ...extra,
+  };
+}
+
+const noRead = { buffer: () => Buffer.alloc(1024), callback: () => true };
+
+async function connectOk(e: Endpoint): Promise<tls.TLSSocket> {
+  const s = (await connectSocket(e, noRead)) as tls.TLSSocket;
+  cleanups.push(() => s.destroy());
+  return s;
+}
+
+async function connectErr(e: Endpoint): Promise<Error & { code?: string }> {
+  return connectSocket(e, noRead).then(
+    (s) => {
+      s.destroy();
+      throw new Error('connected');
+    },
+    (err: Error & { code?: string }) => err,
+  );
+}
+
+describe('connectSocket over TLS', () => {
+  test('offers only http/1.1 in ALPN and gets it; SNI is the host name, and absent for an IP literal', async () => {
+    const { port, hellos } = await tlsServer();
+    const s = await connectOk(endpoint(port));
+    expect(s.alpnProtocol).toBe('http/1.1');
+    expect(s.authorized).toBe(true);
+    await connectOk(endpoint(port, { hostname: '127.0.0.1' }));
+    expect(hellos).toEqual([
+      { protocols: ['http/1.1'], servername: 'localhost' },
+      { protocols: ['http/1.1'], servername: undefined },
+    ]);
+  });
+
+  test('a response body over TLS lands in the caller buffer (onread), keep-alive reuses the socket', async () => {
+    const body = Buffer.alloc(3 * 1024 * 1024 + 5);
+    for (let i = 0; i < body.length; i++) body[i] = (i * 13) & 0xff;
+    const { port, hellos } = await tlsServer({ body });
+    const conn = new HttpConnection(0, endpoint(port));
+    cleanups.push(() => conn.destroy());
+    for (let i = 0; i < 2; i++) {
+      const into = Buffer.alloc(body.length);
+      const r = await conn.request({ method: 'GET', path: '/images/t', ok: [206], into, maxBody: 1024, timeoutMs: 10_000 });
+      expect(r.status).toBe(206);
+      expect(into.equals(body)).toBe(true);
+    }
+    expect(hellos).toHaveLength(1);
+  });
+
+  test('a CA that did not sign the certificate fails with the verification code; insecure connects', async () => {
+    const { port } = await tlsServer();
+    const err = await connectErr(endpoint(port, { tls: { ca: readFileSync(pki.otherCa) } }));
+    expect(err.code).toMatch(/^(UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT_LOCALLY|SELF_SIGNED_CERT_IN_CHAIN)$/);
+    const s = await connectOk(endpoint(port, { tls: { ca: readFileSync(pki.otherCa), rejectUnauthorized: false } }));
+    expect(s.authorized).toBe(false);
+  });
+
+  test('a server that speaks only h2: the connect fails naming the protocol', async () => {
+    const { port } = await tlsServer({ alpn: ['h2'] });
+    const err = await connectErr(endpoint(port));
+    expect(err.code).toMatch(/NO_APPLICATION_PROTOCOL/);
+  });
+
+  test('a server that accepts TCP and never answers the handshake: ERR_CONNECT_TIMEOUT', async () => {
+    const sockets = new Set<net.Socket>();
+    const server = net.createServer((s) => {
+      sockets.add(s);
+      s.on('error', () => {});
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    cleanups.push(async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    });
+    const port = (server.address() as net.AddressInfo).port;
+    const err = await connectErr(endpoint(port, { connectTimeoutMs: 200 }));
+    expect(err.code).toBe('ERR_CONNECT_TIMEOUT');
+    expect(err.message).toBe('no connection within 0.2 s');
+  });
+});
