@@ -31,8 +31,9 @@ interface Hello {
 }
 
 /** A TLS server answering every request with a 206 of `body`; records each ClientHello's ALPN list and SNI. */
-async function tlsServer(opts: { alpn?: 'record' | string[]; body?: Buffer } = {}): Promise<{ port: number; hellos: Hello[] }> {
+async function tlsServer(opts: { alpn?: 'record' | string[]; body?: Buffer } = {}): Promise<{ port: number; hellos: Hello[]; bodies: Buffer[] }> {
   const hellos: Hello[] = [];
+  const bodies: Buffer[] = [];
   const body = opts.body ?? Buffer.from('abcd');
   const alpn =
     opts.alpn === undefined || opts.alpn === 'record'
@@ -48,11 +49,17 @@ async function tlsServer(opts: { alpn?: 'record' | string[]; body?: Buffer } = {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
     s.on('error', () => {});
-    let seen = '';
+    // Requests with Content-Length bodies; each body is recorded, each request answered.
+    let seen = Buffer.alloc(0);
     s.on('data', (d: Buffer) => {
-      seen += d.toString('latin1');
-      while (seen.includes('\r\n\r\n')) {
-        seen = seen.slice(seen.indexOf('\r\n\r\n') + 4);
+      seen = Buffer.concat([seen, d]);
+      for (;;) {
+        const end = seen.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const length = Number(/content-length: (\d+)/i.exec(seen.toString('latin1', 0, end))?.[1] ?? 0);
+        if (seen.length < end + 4 + length) return;
+        bodies.push(Buffer.from(seen.subarray(end + 4, end + 4 + length)));
+        seen = seen.subarray(end + 4 + length);
         s.write(Buffer.concat([Buffer.from(`HTTP/1.1 206 Partial Content\r\nContent-Length: ${body.length}\r\n\r\n`), body]));
       }
     });
@@ -63,7 +70,7 @@ async function tlsServer(opts: { alpn?: 'record' | string[]; body?: Buffer } = {
     for (const s of sockets) s.destroy();
     await new Promise((r) => server.close(r));
   });
-  return { port: (server.address() as net.AddressInfo).port, hellos };
+  return { port: (server.address() as net.AddressInfo).port, hellos, bodies };
 }
 
 function endpoint(port: number, extra: Partial<Endpoint> = {}): Endpoint {
@@ -122,6 +129,22 @@ describe('connectSocket over TLS', () => {
       expect(r.status).toBe(206);
       expect(into.equals(body)).toBe(true);
     }
+    expect(hellos).toHaveLength(1);
+  });
+
+  test('PUT bodies of many buffers over TLS arrive whole and in order, request after request, on one connection', async () => {
+    const { port, hellos, bodies } = await tlsServer({ body: Buffer.alloc(0) });
+    const conn = new HttpConnection(0, endpoint(port));
+    cleanups.push(() => conn.destroy());
+    const sent: Buffer[] = [];
+    for (let r = 0; r < 3; r++) {
+      const parts = Array.from({ length: 33 }, (_, i) => Buffer.alloc(i === 5 ? 0 : 64 * 1024 + i, (r * 40 + i) & 0xff));
+      sent.push(Buffer.concat(parts));
+      const res = await conn.request({ method: 'PUT', path: '/images/t', body: parts, ok: [206], maxBody: 1024, timeoutMs: 10_000 });
+      expect(res.status).toBe(206);
+    }
+    expect(bodies).toHaveLength(3);
+    for (let r = 0; r < 3; r++) expect(bodies[r].equals(sent[r])).toBe(true);
     expect(hellos).toHaveLength(1);
   });
 
