@@ -168,8 +168,10 @@ export class HttpConnection {
     // read later in this same turn of the event loop. Sending before it is seen would put a
     // write on a dead connection, with an outcome we could not know; one turn lets it show.
     if (this.justCompleted) await new Promise<void>((r) => setImmediate(r));
-    // A body still being written (the server answered before reading it all): the next head goes after it.
-    if (this.writing) await this.writing;
+    // The previous body still being written (its response can be read before the last write's
+    // callback runs, or the server answered early): this head goes after it, within this
+    // request's deadline.
+    if (this.writing) await this.afterWriting(this.writing, spec.timeoutMs);
     if (this.socket?.destroyed && this.closedPromise) await this.closedPromise; // a destroyed socket finishing its close
     const socket = this.socket ?? (await this.connect());
     return new Promise<ExchangeResult>((resolve, reject) => {
@@ -200,6 +202,17 @@ export class HttpConnection {
       }
       this.bytesSent += length;
     });
+  }
+
+  private async afterWriting(writing: Promise<void>, timeoutMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutMs)));
+    const timedOut = await Promise.race([writing.then(() => false), late]);
+    clearTimeout(timer);
+    if (timedOut) {
+      this.socket?.destroy();
+      throw new ExchangeError(`the server did not take the previous request's body within ${(timeoutMs / 1000).toFixed(1)} s`, 'ERR_TIMEOUT', false);
+    }
   }
 
   /** Closes the socket (after the current request, if any, is answered by the caller's choice). */

@@ -7,7 +7,7 @@
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { readFileSync } from 'node:fs';
-import { HttpConnection } from '../../../../../src/backends/imageio/http/connection';
+import { HttpConnection, type ExchangeError } from '../../../../../src/backends/imageio/http/connection';
 import { connectSocket, type Endpoint } from '../../../../../src/backends/imageio/http/connector';
 import { makePki, type TestPki } from '../../../../helpers/cli';
 import { tmpDir, type TmpDir } from '../../../../helpers/tmp-dir';
@@ -146,6 +146,38 @@ describe('connectSocket over TLS', () => {
     expect(bodies).toHaveLength(3);
     for (let r = 0; r < 3; r++) expect(bodies[r].equals(sent[r])).toBe(true);
     expect(hellos).toHaveLength(1);
+  });
+
+  test('a server that answers a PUT before taking its body: the next request waits for the body within its own deadline, then fails unsent', async () => {
+    let n = 0;
+    const sockets = new Set<net.Socket>();
+    const server = tls.createServer({ cert: pki.cert, key: pki.key }, (s) => {
+      sockets.add(s);
+      s.on('error', () => {});
+      const first = n++ === 0;
+      s.once('data', () => {
+        s.write('HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n');
+        // The first connection never reads again; later ones answer every read.
+        if (first) s.pause();
+        else s.on('data', () => s.write('HTTP/1.1 206 Partial Content\r\nContent-Length: 0\r\n\r\n'));
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    cleanups.push(async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    });
+    const conn = new HttpConnection(0, endpoint((server.address() as net.AddressInfo).port));
+    cleanups.push(() => conn.destroy());
+    // More than loopback's socket buffers hold: the writes stall.
+    const body = Array.from({ length: 16 }, () => Buffer.alloc(4 * 1024 * 1024));
+    const put = await conn.request({ method: 'PUT', path: '/images/t', body, ok: [200], maxBody: 1024, timeoutMs: 10_000 });
+    expect(put.status).toBe(200);
+    const err = (await conn.request({ method: 'GET', path: '/images/t', ok: [206], maxBody: 1024, timeoutMs: 300 }).catch((e) => e)) as ExchangeError;
+    expect(err.code).toBe('ERR_TIMEOUT');
+    expect(err.sent).toBe(false);
+    const r = await conn.request({ method: 'GET', path: '/images/t', ok: [206, 200], maxBody: 1024, timeoutMs: 10_000 });
+    expect(r.status).toBe(200);
   });
 
   test('a CA that did not sign the certificate fails with the verification code; insecure connects', async () => {
