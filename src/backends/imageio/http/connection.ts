@@ -12,7 +12,8 @@
  * Promises:
  * - request() resolves with the response when it arrived complete; it rejects with an
  *   ExchangeError whose `sent` says whether any byte of the request may have reached the
- *   server (false only when the connection could not be made).
+ *   server (false only when the connection could not be made, or the previous request's body
+ *   was not taken in time and nothing of this one was written).
  * - A request has one deadline (`timeoutMs`) for everything after the connection is made;
  *   when it passes, the connection is destroyed and the request rejects with ERR_TIMEOUT.
  * - No response can grow memory without bound: bodies other than `into` are kept up to
@@ -41,7 +42,7 @@ export interface ExchangeSpec {
   path: string;
   /** Extra header lines, each ending in "\r\n". */
   headers?: string;
-  /** Request body: sent in order, in one write when the socket takes it. */
+  /** Request body: sent in order after the head; one writev on plain sockets, piece by piece over TLS. */
   body?: readonly Buffer[];
   /** Statuses that mean success: `into` and `effect` apply only to them. */
   ok: readonly number[];
