@@ -59,6 +59,13 @@ class ConnectError extends Error {
   }
 }
 
+/** Why the protocol the TLS handshake settled on cannot carry our requests, if it cannot. */
+export function alpnProblem(alpn: string | false | null | undefined): string | undefined {
+  // false or null: the server does not do ALPN; it speaks what the URL says, HTTP/1.1.
+  if (alpn === false || alpn === null || alpn === undefined || alpn === 'http/1.1') return undefined;
+  return `the server chose ${JSON.stringify(alpn)} in the TLS handshake; only http/1.1 is spoken here`;
+}
+
 /** URL.hostname keeps IPv6 literals in brackets; sockets want them bare. */
 function bareHost(hostname: string): string {
   return hostname.startsWith('[') && hostname.endsWith(']') ? hostname.slice(1, -1) : hostname;
@@ -111,13 +118,8 @@ export function connectSocket(e: Endpoint, onread: ReadInto, slot: TlsSessionSlo
     // and an 'error' emitted in between must not be an uncaught exception.
     socket.on('error', (err) => settle(err));
     socket.once(secure ? 'secureConnect' : 'connect', () => {
-      const alpn = secure ? (socket as tls.TLSSocket).alpnProtocol : false;
-      // false: the server does not do ALPN (then it speaks what the URL says, HTTP/1.1).
-      if (alpn !== false && alpn !== 'http/1.1') {
-        settle(new ConnectError(`the server chose ${JSON.stringify(alpn)} in the TLS handshake; only http/1.1 is spoken here`, 'ERR_ALPN'));
-        return;
-      }
-      settle();
+      const problem = secure ? alpnProblem((socket as tls.TLSSocket).alpnProtocol) : undefined;
+      settle(problem ? new ConnectError(problem, 'ERR_ALPN') : undefined);
     });
   });
 }

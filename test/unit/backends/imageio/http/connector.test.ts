@@ -8,7 +8,7 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { HttpConnection, type ExchangeError } from '../../../../../src/backends/imageio/http/connection';
-import { connectSocket, type Endpoint } from '../../../../../src/backends/imageio/http/connector';
+import { alpnProblem, connectSocket, type Endpoint } from '../../../../../src/backends/imageio/http/connector';
 import { makePki, type TestPki } from '../../../../helpers/cli';
 import { tmpDir, type TmpDir } from '../../../../helpers/tmp-dir';
 
@@ -186,6 +186,14 @@ describe('connectSocket over TLS', () => {
     expect(err.code).toMatch(/^(UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT_LOCALLY|SELF_SIGNED_CERT_IN_CHAIN)$/);
     const s = await connectOk(endpoint(port, { tls: { ca: readFileSync(pki.otherCa), rejectUnauthorized: false } }));
     expect(s.authorized).toBe(false);
+  });
+
+  test('the negotiated protocol must be http/1.1 or none: anything else fails the connect', () => {
+    expect(alpnProblem('http/1.1')).toBeUndefined();
+    expect(alpnProblem(false)).toBeUndefined();
+    expect(alpnProblem(null)).toBeUndefined();
+    expect(alpnProblem('h2')).toBe('the server chose "h2" in the TLS handshake; only http/1.1 is spoken here');
+    expect(alpnProblem('http/1.0')).toMatch(/only http\/1.1/);
   });
 
   test('a server that speaks only h2: the connect fails naming the protocol', async () => {
