@@ -80,6 +80,7 @@ const START_HINTS: Record<string, string> = {
   ENOTFOUND: 'no such host: check the URL',
   EAI_AGAIN: 'the host name could not be resolved now: check the URL and DNS',
   UND_ERR_CONNECT_TIMEOUT: 'the host did not accept a connection: check the URL and any firewall (see --connect-timeout)',
+  ERR_CONNECT_TIMEOUT: 'the host did not accept a connection: check the URL and any firewall (see --connect-timeout)',
   UND_ERR_HEADERS_TIMEOUT: 'the server accepted the connection but did not answer: is it imageio? (see --request-timeout)',
   ERR_TIMEOUT: 'the server accepted the connection but did not answer: is it imageio? (see --request-timeout)',
   ERR_CONNECT: 'the host did not accept a connection: check the URL (see --connect-timeout)',

@@ -2,18 +2,18 @@
  * One keep-alive HTTP/1.1 connection to imageio, carrying one request at a time, written for
  * the data path.
  *
- * Why not undici's request API here: at 8 MiB per request the bytes are the cost. undici
+ * Why not an HTTP client library here: at 8 MiB per request the bytes are the cost. undici
  * delivers response bodies as freshly allocated socket chunks copied once more into its
  * parser, and a request body made of several buffers must be a stream. Here a GET body is read
- * by the kernel straight into the caller's buffer (`net.Socket`'s `onread` with a buffer
- * function), and a PUT body is a list of the client's own payload buffers, written in one
- * writev. undici still makes the connections (its connector: TCP, TLS with the CA or without
- * verification, unix sockets including abstract ones, connect timeout).
+ * by the kernel (or OpenSSL) straight into the caller's buffer (`onread` with a buffer
+ * function, see connector.ts), and a PUT body is a list of the client's own payload buffers.
+ * The bytes are parsed by response-reader.ts, which has no sockets.
  *
  * Promises:
  * - request() resolves with the response when it arrived complete; it rejects with an
  *   ExchangeError whose `sent` says whether any byte of the request may have reached the
- *   server (false only when the connection could not be made).
+ *   server (false only when the connection could not be made, or the previous request's body
+ *   was not taken in time and nothing of this one was written).
  * - A request has one deadline (`timeoutMs`) for everything after the connection is made;
  *   when it passes, the connection is destroyed and the request rejects with ERR_TIMEOUT.
  * - No response can grow memory without bound: bodies other than `into` are kept up to
@@ -26,23 +26,12 @@
  *   socket closes with unflushed writes, `onLost` is called and the record starts empty.
  */
 import type { Socket } from 'node:net';
-import type { buildConnector as BuildConnector } from 'undici';
-import { BadResponseError, ChunkedDecoder, parseResponseHead, type ResponseHead } from './response-head';
 import { UnflushedWrites } from '../unflushed-writes';
+import { connectSocket, type Endpoint, type TlsSessionSlot } from './connector';
+import { BadResponseError } from './response-head';
+import { ResponseReader } from './response-reader';
 
-/** Where connections go. */
-export interface Endpoint {
-  /** 'url': the transfer URL's host (TCP, TLS for https); 'unix': imageio's local socket (plain HTTP). */
-  kind: 'url' | 'unix';
-  /** For messages: https://host:54322 or unix:"\u0000/org/ovirt/imageio". */
-  display: string;
-  protocol: 'http:' | 'https:';
-  hostname: string;
-  port: string;
-  socketPath?: string;
-  tls?: { ca?: Buffer; rejectUnauthorized?: boolean };
-  connectTimeoutMs: number;
-}
+export type { Endpoint } from './connector';
 
 /** What a successful request changes on its connection. */
 export type Effect = { kind: 'unflushed'; offset: number; length: number } | { kind: 'flushed' };
@@ -53,7 +42,7 @@ export interface ExchangeSpec {
   path: string;
   /** Extra header lines, each ending in "\r\n". */
   headers?: string;
-  /** Request body: sent in order, in one write when the socket takes it. */
+  /** Request body: sent in order after the head; one writev on plain sockets, piece by piece over TLS. */
   body?: readonly Buffer[];
   /** Statuses that mean success: `into` and `effect` apply only to them. */
   ok: readonly number[];
@@ -99,32 +88,41 @@ export interface ConnectionHooks {
   closed?(conn: HttpConnection, cause: unknown): void;
 }
 
+/**
+ * Writes `parts` to a TLS socket one at a time, each when the previous has gone out, and
+ * resolves when all have (or the socket failed: its close handler reports that).
+ *
+ * Why not one corked writev as on plain sockets: Node's TLS socket copies the pieces of a
+ * writev into one new buffer before OpenSSL encrypts it, so every byte of an 8 MiB PUT made of
+ * the client's 256 KiB writes would be copied once more and its pages faulted in fresh. Written
+ * one at a time, OpenSSL encrypts straight from the payload buffers; measured on a 1 GiB upload
+ * of 8 MiB PUTs (32 x 256 KiB), this is about 0.2 CPU s per GiB less (docs/performance.md).
+ */
+function writeOneByOne(socket: Socket, parts: readonly Buffer[]): Promise<void> {
+  return new Promise((resolve) => {
+    let i = 0;
+    const done = (): void => {
+      socket.off('close', done);
+      resolve();
+    };
+    const next = (err?: Error | null): void => {
+      if (err || i === parts.length || socket.destroyed) return done();
+      socket.write(parts[i++], next);
+    };
+    socket.on('close', done);
+    next();
+  });
+}
+
 /** Reads for response heads are this small so that they take little of a body with them. */
 const HEAD_WINDOW = 2048;
 const STAGING_BYTES = 64 * 1024;
-
-/**
- * undici's connector alone: loading all of undici costs about 100 ms of CPU at start-up, which
- * counts in every captive copy; its connector module loads in a few.
- */
-const buildConnector = require('undici/lib/core/connect') as typeof BuildConnector;
-
-type Phase = 'head' | 'dest' | 'chunked' | 'until-close';
 
 interface Exchange {
   spec: ExchangeSpec;
   resolve: (r: ExchangeResult) => void;
   reject: (e: ExchangeError) => void;
-  phase: Phase;
-  head?: ResponseHead;
-  /** Where body bytes go in phase 'dest'. */
-  dest?: Buffer;
-  filled: number;
-  /** The declared body is longer than dest: cut. */
-  cut: boolean;
-  chunked?: ChunkedDecoder;
-  parts?: Buffer[];
-  kept: number;
+  reader: ResponseReader;
   timer?: NodeJS.Timeout;
   failure?: ExchangeError;
 }
@@ -141,7 +139,7 @@ export class HttpConnection {
   bytesSent = 0;
   bytesReceived = 0;
 
-  private readonly connector: ReturnType<typeof BuildConnector>;
+  private readonly tlsSession: TlsSessionSlot = {};
   private socket: Socket | undefined;
   private closedPromise: Promise<void> | undefined;
   private resolveClosed: (() => void) | undefined;
@@ -152,6 +150,8 @@ export class HttpConnection {
   private sEnd = 0;
   private readingDest = false;
   private shut = false;
+  /** The body of the last request while it is still being written over TLS (see writeOneByOne). */
+  private writing: Promise<void> | undefined;
   /** A response completed in this turn of the event loop (see request()). */
   private justCompleted = false;
 
@@ -159,16 +159,7 @@ export class HttpConnection {
     readonly id: number,
     readonly endpoint: Endpoint,
     private readonly hooks: ConnectionHooks = {},
-  ) {
-    const e = endpoint;
-    this.connector = buildConnector({
-      socketPath: e.socketPath,
-      timeout: e.connectTimeoutMs,
-      ...(e.tls ?? {}),
-      // Passed through to net.connect / tls.connect: every read lands where readTarget() says.
-      onread: { buffer: () => this.readTarget(), callback: (n: number) => this.onRead(n) },
-    } as BuildConnector.BuildOptions);
-  }
+  ) {}
 
   /** Sends one request and resolves with its complete response (see the header comment). */
   async request(spec: ExchangeSpec): Promise<ExchangeResult> {
@@ -178,10 +169,14 @@ export class HttpConnection {
     // read later in this same turn of the event loop. Sending before it is seen would put a
     // write on a dead connection, with an outcome we could not know; one turn lets it show.
     if (this.justCompleted) await new Promise<void>((r) => setImmediate(r));
+    // The previous body still being written (its response can be read before the last write's
+    // callback runs, or the server answered early): this head goes after it, within this
+    // request's deadline.
+    if (this.writing) await this.afterWriting(this.writing, spec.timeoutMs);
     if (this.socket?.destroyed && this.closedPromise) await this.closedPromise; // a destroyed socket finishing its close
     const socket = this.socket ?? (await this.connect());
     return new Promise<ExchangeResult>((resolve, reject) => {
-      const x: Exchange = { spec, resolve, reject, phase: 'head', filled: 0, cut: false, kept: 0 };
+      const x: Exchange = { spec, resolve, reject, reader: new ResponseReader(spec) };
       this.cur = x;
       x.timer = setTimeout(() => {
         x.failure = new ExchangeError(`no complete response within ${(spec.timeoutMs / 1000).toFixed(1)} s`, 'ERR_TIMEOUT', true);
@@ -193,12 +188,32 @@ export class HttpConnection {
         `${spec.method} ${spec.path} HTTP/1.1\r\nHost: ${this.hostHeader()}\r\n${spec.headers ?? ''}` +
         (length > 0 || spec.method === 'PUT' || spec.method === 'PATCH' ? `Content-Length: ${length}\r\n` : '') +
         '\r\n';
-      socket.cork();
-      socket.write(head, 'latin1');
-      for (const b of spec.body ?? []) if (b.length > 0) socket.write(b);
-      socket.uncork();
+      const parts: Buffer[] = [Buffer.from(head, 'latin1')];
+      for (const b of spec.body ?? []) if (b.length > 0) parts.push(b);
+      if (this.endpoint.protocol === 'https:' && this.endpoint.kind === 'url') {
+        const writing = writeOneByOne(socket, parts).then(() => {
+          if (this.writing === writing) this.writing = undefined;
+        });
+        this.writing = writing;
+      } else {
+        // Plain sockets: one writev straight from the buffers (no copy).
+        socket.cork();
+        for (const b of parts) socket.write(b);
+        socket.uncork();
+      }
       this.bytesSent += length;
     });
+  }
+
+  private async afterWriting(writing: Promise<void>, timeoutMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutMs)));
+    const timedOut = await Promise.race([writing.then(() => false), late]);
+    clearTimeout(timer);
+    if (timedOut) {
+      this.socket?.destroy();
+      throw new ExchangeError(`the server did not take the previous request's body within ${(timeoutMs / 1000).toFixed(1)} s`, 'ERR_TIMEOUT', false);
+    }
   }
 
   /** Closes the socket (after the current request, if any, is answered by the caller's choice). */
@@ -235,35 +250,24 @@ export class HttpConnection {
     return e.port ? `${e.hostname}:${e.port}` : e.hostname;
   }
 
-  private connect(): Promise<Socket> {
+  private async connect(): Promise<Socket> {
     const e = this.endpoint;
-    return new Promise((resolve, reject) => {
-      this.connector(
-        {
-          hostname: e.kind === 'unix' ? 'localhost' : e.hostname,
-          host: e.kind === 'unix' ? 'localhost' : e.hostname,
-          protocol: e.kind === 'unix' ? 'http:' : e.protocol,
-          port: e.port,
-          servername: null,
-          localAddress: null,
-          httpSocket: undefined,
-        } as unknown as BuildConnector.Options,
-        (err, socket) => {
-          if (err || !socket) {
-            const code = (err as { code?: string } | null)?.code ?? 'ERR_CONNECT';
-            reject(new ExchangeError(`cannot connect to ${e.display}: ${err?.message ?? 'no socket'}`, code, false, { cause: err }));
-            return;
-          }
-          if (this.shut) {
-            socket.destroy();
-            reject(new ExchangeError('connection is closed', 'ERR_CLOSED', false));
-            return;
-          }
-          this.attach(socket as Socket);
-          resolve(socket as Socket);
-        },
-      );
-    });
+    let socket: Socket;
+    try {
+      // Every read lands where readTarget() says.
+      socket = await connectSocket(e, { buffer: () => this.readTarget(), callback: (n) => this.onRead(n) }, this.tlsSession);
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      throw new ExchangeError(`cannot connect to ${e.display}: ${(err as Error).message}`, typeof code === 'string' ? code : 'ERR_CONNECT', false, {
+        cause: err,
+      });
+    }
+    if (this.shut) {
+      socket.destroy();
+      throw new ExchangeError('connection is closed', 'ERR_CLOSED', false);
+    }
+    this.attach(socket);
+    return socket;
   }
 
   private attach(socket: Socket): void {
@@ -286,10 +290,11 @@ export class HttpConnection {
 
   /** Where the next read lands: the body's destination, or a small window of the staging buffer. */
   private readTarget(): Buffer {
-    const x = this.cur;
-    if (x && x.phase === 'dest' && x.dest) {
+    // Straight into the body's destination only when nothing is staged before it.
+    const direct = this.sStart === this.sEnd ? this.cur?.reader.directTarget() : undefined;
+    if (direct && direct.length > 0) {
       this.readingDest = true;
-      return x.dest.subarray(x.filled);
+      return direct;
     }
     this.readingDest = false;
     if (this.sStart === this.sEnd) {
@@ -306,13 +311,13 @@ export class HttpConnection {
     if (n <= 0) return true;
     this.bytesReceived += n;
     const x = this.cur;
-    if (this.readingDest && x && x.dest) {
-      x.filled += n;
-      if (x.filled === x.dest.length) this.finishDest(x);
-      return true;
-    }
-    this.sEnd += n;
     try {
+      if (this.readingDest && x) {
+        x.reader.advanceDirect(n);
+        if (x.reader.result) this.complete(x);
+        return true;
+      }
+      this.sEnd += n;
       this.process();
     } catch (err) {
       this.failCurrent(err instanceof BadResponseError ? err : new BadResponseError(String(err)));
@@ -322,103 +327,26 @@ export class HttpConnection {
 
   /** Consumes staged bytes for the current exchange. */
   private process(): void {
-    for (;;) {
-      const x = this.cur;
-      if (!x) {
-        if (this.sEnd > this.sStart) {
-          // Nothing was asked: a server talking out of turn cannot be trusted with the next request.
-          this.closeCause ??= new BadResponseError('the server sent data nobody asked for');
-          this.sStart = this.sEnd;
-          this.socket?.destroy();
-        }
-        return;
+    const x = this.cur;
+    if (!x) {
+      if (this.sEnd > this.sStart) {
+        // Nothing was asked: a server talking out of turn cannot be trusted with the next request.
+        this.closeCause ??= new BadResponseError('the server sent data nobody asked for');
+        this.sStart = this.sEnd;
+        this.socket?.destroy();
       }
-      if (this.sEnd === this.sStart) return;
-      switch (x.phase) {
-        case 'head': {
-          const head = parseResponseHead(this.staging, this.sStart, this.sEnd);
-          if (!head) return;
-          this.sStart += head.headBytes;
-          x.head = head;
-          this.startBody(x, head);
-          continue;
-        }
-        case 'dest': {
-          const dest = x.dest!;
-          const n = Math.min(this.sEnd - this.sStart, dest.length - x.filled);
-          this.staging.copy(dest, x.filled, this.sStart, this.sStart + n);
-          this.sStart += n;
-          x.filled += n;
-          if (x.filled === dest.length) this.finishDest(x);
-          continue;
-        }
-        case 'chunked': {
-          const dec = x.chunked!;
-          this.sStart += dec.feed(this.staging, this.sStart, this.sEnd);
-          if (dec.done) this.complete(x, dec.body(), false);
-          else if (dec.overflow) this.complete(x, dec.body(), true);
-          continue;
-        }
-        case 'until-close': {
-          const n = this.sEnd - this.sStart;
-          const k = Math.min(n, x.spec.maxBody - x.kept);
-          if (k > 0) {
-            (x.parts ??= []).push(Buffer.from(this.staging.subarray(this.sStart, this.sStart + k)));
-            x.kept += k;
-          }
-          this.sStart += n;
-          if (n > k) this.complete(x, Buffer.concat(x.parts ?? [], x.kept), true);
-          continue;
-        }
-      }
-    }
-  }
-
-  private startBody(x: Exchange, head: ResponseHead): void {
-    const spec = x.spec;
-    const ok = spec.ok.includes(head.status);
-    const f = head.framing;
-    if (ok && spec.into) {
-      const want = spec.into.length;
-      if (f.kind !== 'length' || f.length !== want) {
-        const got = f.kind === 'length' ? `${f.length} bytes` : f.kind === 'none' ? 'no body' : `a ${f.kind}-delimited body`;
-        throw new BadResponseError(`expected a body of ${want} bytes, the server announced ${got}`);
-      }
-      x.phase = 'dest';
-      x.dest = spec.into;
       return;
     }
-    switch (f.kind) {
-      case 'none':
-        this.complete(x, Buffer.alloc(0), false);
-        return;
-      case 'length':
-        x.phase = 'dest';
-        x.dest = Buffer.allocUnsafe(Math.min(f.length, spec.maxBody));
-        x.cut = f.length > spec.maxBody;
-        if (x.dest.length === 0) this.finishDest(x);
-        return;
-      case 'chunked':
-        x.phase = 'chunked';
-        x.chunked = new ChunkedDecoder(spec.maxBody);
-        return;
-      case 'close':
-        x.phase = 'until-close';
-        return;
-    }
-  }
-
-  private finishDest(x: Exchange): void {
-    const body = x.dest === x.spec.into ? Buffer.alloc(0) : x.dest!;
-    this.complete(x, body, x.cut);
+    this.sStart += x.reader.feed(this.staging, this.sStart, this.sEnd);
+    if (x.reader.result) this.complete(x);
   }
 
   /** The response is in: apply its effect, settle the request, and decide the socket's fate. */
-  private complete(x: Exchange, body: Buffer, truncated: boolean): void {
+  private complete(x: Exchange): void {
     if (this.cur !== x) return;
     this.cur = undefined;
     clearTimeout(x.timer);
-    const head = x.head!;
+    const { head, body, truncated } = x.reader.result!;
     if (x.spec.effect && x.spec.ok.includes(head.status)) {
       const e = x.spec.effect;
       if (e.kind === 'unflushed') this.unflushed.add(e.offset, e.length);
@@ -430,7 +358,7 @@ export class HttpConnection {
       setImmediate(() => (this.justCompleted = false));
     }
     const leftover = this.sEnd > this.sStart;
-    if (head.close || truncated || leftover || x.phase === 'until-close') {
+    if (head.close || truncated || leftover) {
       if (leftover) this.closeCause ??= new BadResponseError('the server sent more than its response');
       this.sStart = this.sEnd;
       this.socket?.destroy();
@@ -447,9 +375,7 @@ export class HttpConnection {
 
   private onEnd(): void {
     const x = this.cur;
-    if (x && x.phase === 'until-close' && x.head) {
-      this.complete(x, Buffer.concat(x.parts ?? [], x.kept), false);
-    }
+    if (x && x.reader.end()) this.complete(x);
     // Otherwise the close handler reports it; our side closes too.
     this.socket?.destroy();
   }
@@ -469,7 +395,7 @@ export class HttpConnection {
       const err =
         x.failure ??
         new ExchangeError(
-          x.head
+          x.reader.head
             ? `the server closed the connection in the middle of the response body` +
                 (cause ? `: ${(cause as Error).message ?? String(cause)}` : '')
             : `the server closed the connection before answering` + (cause ? `: ${(cause as Error).message ?? String(cause)}` : ''),

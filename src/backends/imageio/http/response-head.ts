@@ -2,14 +2,17 @@
  * HTTP/1.1 response heads, as bytes in and a parsed head out: no sockets here.
  *
  * Strict where a lax reading could move data to the wrong place: the status line must be
- * `HTTP/1.x NNN`, Content-Length must be one run of digits (repeated only with the same
- * value) and a safe integer, and a response may not have both Content-Length and chunked
- * Transfer-Encoding. Anything else is a BadResponseError, which the caller turns into a
+ * `HTTP/1.x NNN`, header names must be tokens, Content-Length must be one run of digits
+ * (repeated only with the same value) and a safe integer, and a response may not have both
+ * Content-Length and chunked Transfer-Encoding. A head is at most MAX_HEAD_BYTES with at most
+ * MAX_HEADERS header lines. Anything else is a BadResponseError, which the caller turns into a
  * failed request and a closed connection.
  */
 
 /** Largest response head we accept; imageio's are about 200 bytes. */
 export const MAX_HEAD_BYTES = 16 * 1024;
+/** Most header lines in one head; imageio sends fewer than 10. */
+export const MAX_HEADERS = 100;
 
 export class BadResponseError extends Error {
   readonly code = 'ERR_BAD_RESPONSE';
@@ -35,14 +38,18 @@ export interface ResponseHead {
 }
 
 const CRLFCRLF = Buffer.from('\r\n\r\n');
+/** RFC 9110 token: what a header name is made of (no spaces, no obsolete line folding). */
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
 /**
  * Parses the head at buf[start, end). Returns undefined when it is not complete yet, throws
  * BadResponseError when it cannot be one (too long, garbage).
  */
 export function parseResponseHead(buf: Buffer, start: number, end: number): ResponseHead | undefined {
-  const stop = buf.indexOf(CRLFCRLF, start);
-  if (stop < 0 || stop + 4 > end) {
+  // Only [start, end) is ours: the rest of `buf` may hold stale bytes.
+  const found = buf.subarray(start, end).indexOf(CRLFCRLF);
+  const stop = found < 0 ? -1 : start + found;
+  if (stop < 0) {
     if (end - start >= 5 && buf.toString('latin1', start, start + 5) !== 'HTTP/') {
       throw new BadResponseError(`not an HTTP response: ${JSON.stringify(buf.toString('latin1', start, Math.min(end, start + 40)))}`);
     }
@@ -57,10 +64,11 @@ export function parseResponseHead(buf: Buffer, start: number, end: number): Resp
   const status = Number(m[2]);
   const headers: Record<string, string> = {};
   let lengths: string[] | undefined;
+  if (lines.length - 1 > MAX_HEADERS) throw new BadResponseError(`response head has more than ${MAX_HEADERS} header lines`);
   for (let i = 1; i < lines.length; i++) {
     const line = lines[i];
     const colon = line.indexOf(':');
-    if (colon <= 0 || /[\s]/.test(line[colon - 1])) {
+    if (colon <= 0 || !TOKEN.test(line.slice(0, colon))) {
       throw new BadResponseError(`bad header line: ${JSON.stringify(line.slice(0, 80))}`);
     }
     const name = line.slice(0, colon).toLowerCase();
@@ -91,91 +99,4 @@ export function parseResponseHead(buf: Buffer, start: number, end: number): Resp
     framing = { kind: 'close' };
   }
   return { status, headers, framing, close: close || framing.kind === 'close', headBytes: stop + 4 - start };
-}
-
-/**
- * Incremental chunked-body decoder (RFC 9112 section 7.1) that keeps at most `cap` bytes of
- * body. Feed it bytes; it reports how many it consumed and whether the body ended.
- */
-export class ChunkedDecoder {
-  private state: 'size' | 'data' | 'data-crlf' | 'trailer' | 'done' = 'size';
-  private line = '';
-  private remaining = 0;
-  private readonly parts: Buffer[] = [];
-  private kept = 0;
-  /** Body bytes seen, kept or not. */
-  total = 0;
-
-  constructor(private readonly cap: number) {}
-
-  get done(): boolean {
-    return this.state === 'done';
-  }
-
-  /** More body than the cap arrived (the caller stops reading and closes). */
-  get overflow(): boolean {
-    return this.total > this.cap;
-  }
-
-  body(): Buffer {
-    return Buffer.concat(this.parts, this.kept);
-  }
-
-  /** Consumes from buf[start, end); returns the number of bytes used (stops at the end of the body). */
-  feed(buf: Buffer, start: number, end: number): number {
-    let i = start;
-    while (i < end && this.state !== 'done') {
-      switch (this.state) {
-        case 'size':
-        case 'trailer': {
-          const nl = buf.indexOf(10, i);
-          const stop = nl < 0 || nl >= end ? end : nl;
-          this.line += buf.toString('latin1', i, stop);
-          if (this.line.length > 1024) throw new BadResponseError('chunked body: line too long');
-          i = stop;
-          if (nl < 0 || nl >= end) break;
-          i++; // the LF
-          const line = this.line.replace(/\r$/, '');
-          this.line = '';
-          if (this.state === 'trailer') {
-            if (line === '') this.state = 'done';
-            break;
-          }
-          const m = /^([0-9a-fA-F]{1,12})(?:\s*;.*)?$/.exec(line);
-          if (!m) throw new BadResponseError(`chunked body: bad chunk size ${JSON.stringify(line.slice(0, 40))}`);
-          this.remaining = parseInt(m[1], 16);
-          this.state = this.remaining === 0 ? 'trailer' : 'data';
-          break;
-        }
-        case 'data': {
-          const n = Math.min(this.remaining, end - i);
-          this.total += n;
-          const room = this.cap - this.kept;
-          if (room > 0) {
-            const k = Math.min(room, n);
-            this.parts.push(Buffer.from(buf.subarray(i, i + k)));
-            this.kept += k;
-          }
-          this.remaining -= n;
-          i += n;
-          if (this.remaining === 0) this.state = 'data-crlf';
-          if (this.overflow) return i - start;
-          break;
-        }
-        case 'data-crlf': {
-          const c = buf[i];
-          if (c === 13) {
-            i++;
-          } else if (c === 10) {
-            i++;
-            this.state = 'size';
-          } else {
-            throw new BadResponseError('chunked body: missing CRLF after chunk data');
-          }
-          break;
-        }
-      }
-    }
-    return i - start;
-  }
 }

@@ -193,6 +193,26 @@ describe('HttpConnection', () => {
     expect(err.sent).toBe(true);
   });
 
+  test('interim responses (100 Continue, 103 Early Hints) before the final one are skipped; the connection is kept', async () => {
+    const { server, conn } = await setup((_req, s) => {
+      s.write('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n');
+      s.write(reply(206, 'abcd'));
+    });
+    const into = Buffer.alloc(4);
+    const r = await conn.request(get(into));
+    expect(r.status).toBe(206);
+    expect(into.toString()).toBe('abcd');
+    await conn.request(get(Buffer.alloc(4)));
+    expect(server.connections()).toBe(1);
+  });
+
+  test('a head with more header lines than the limit: a bad response, no crash', async () => {
+    const { conn } = await setup((_req, s) => s.write(`HTTP/1.1 206 OK\r\n${'x-a: 1\r\n'.repeat(200)}content-length: 4\r\n\r\nabcd`));
+    const err = (await conn.request(get(Buffer.alloc(4))).catch((e) => e)) as ExchangeError;
+    expect(err.code).toBe('ERR_BAD_RESPONSE');
+    expect(err.message).toMatch(/more than 100 header lines/);
+  });
+
   test('a close in the middle of the headers: the request fails, sent', async () => {
     const { conn } = await setup((_req, s) => {
       s.write('HTTP/1.1 206 Partial\r\ncontent-le');
