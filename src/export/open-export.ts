@@ -164,7 +164,7 @@ export async function openExport(options: ExportOptions, logger: Logger = silent
     if (opts.probe !== false && parsed && (parsed.protocol === 'http:' || parsed.protocol === 'https:')) {
       await probeScheme(parsed, { connectTimeoutMs: opts.connectTimeoutMs, onWaiting: opts.onWaiting });
     }
-    // undici and the HTTP code load only for imageio URLs: start-up time counts in every copy.
+    // The HTTP code loads only for imageio URLs: start-up time counts in every copy.
     const { openImageioBackend } = require('../backends/imageio') as typeof import('../backends/imageio');
     const backendOptions = {
       url,
