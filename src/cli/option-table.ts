@@ -4,6 +4,13 @@
  * they cannot drift apart. To add an option, add a row here and read it in parse.ts.
  */
 import { optionLabel, type OptionRow } from '../core/command-line';
+import { DEFAULTS } from '../core/defaults';
+import { formatSizeOption } from '../core/size';
+import { NBD_DEFAULT_PORT } from '../nbd/codec/constants';
+
+/** Defaults in --help come from the one table (src/core/defaults.ts), written as a user types them. */
+const size = formatSizeOption;
+const secs = (ms: number): number => ms / 1000;
 
 export type OptionGroup = 'nbdkit' | 'imageio' | 'engine' | 'output';
 
@@ -15,8 +22,8 @@ export interface OptionSpec extends OptionRow {
 export const OPTIONS: readonly OptionSpec[] = [
   // nbdkit's options, with nbdkit's meaning and spellings.
   { name: 'unix', short: 'U', type: 'string', arg: 'SOCKET', group: 'nbdkit', describe: 'Listen on a unix socket ("-": a private one in a temporary directory, implied by --run)' },
-  { name: 'port', short: 'p', type: 'string', arg: 'PORT', group: 'nbdkit', describe: 'Listen on this TCP port (default 10809 when there is no -U)' },
-  { name: 'ipaddr', short: 'i', aliases: ['ip-addr'], type: 'string', arg: 'ADDR', group: 'nbdkit', describe: 'Listen on this address (default 127.0.0.1; ::1 with -6)' },
+  { name: 'port', short: 'p', type: 'string', arg: 'PORT', group: 'nbdkit', describe: `Listen on this TCP port (default ${NBD_DEFAULT_PORT} when there is no -U)` },
+  { name: 'ipaddr', short: 'i', aliases: ['ip-addr'], type: 'string', arg: 'ADDR', group: 'nbdkit', describe: `Listen on this address (default ${DEFAULTS.host}; ::1 with -6)` },
   { name: 'ipv4-only', short: '4', type: 'flag', group: 'nbdkit', describe: 'Listen on IPv4 only' },
   { name: 'ipv6-only', short: '6', type: 'flag', group: 'nbdkit', describe: 'Listen on IPv6 only' },
   { name: 'single', short: 's', aliases: ['stdin'], type: 'flag', group: 'nbdkit', describe: 'Serve one client on stdin/stdout, then exit (implies --foreground)' },
@@ -26,7 +33,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { name: 'pidfile', short: 'P', aliases: ['pid-file'], type: 'string', arg: 'FILE', group: 'nbdkit', describe: 'Write the process id to FILE once the socket listens' },
   { name: 'readonly', short: 'r', aliases: ['read-only'], type: 'flag', group: 'nbdkit', describe: 'Serve the export read-only' },
   { name: 'exportname', short: 'e', aliases: ['export-name', 'export'], type: 'string', arg: 'NAME', group: 'nbdkit', describe: 'Export name (default "")' },
-  { name: 'threads', short: 't', type: 'string', arg: 'N', group: 'nbdkit', describe: 'Requests served at once per NBD connection (default 16)' },
+  { name: 'threads', short: 't', type: 'string', arg: 'N', group: 'nbdkit', describe: `Requests served at once per NBD connection (default ${DEFAULTS.threads})` },
   { name: 'newstyle', short: 'n', aliases: ['new-style'], type: 'flag', group: 'nbdkit', describe: 'Fixed newstyle protocol: always on' },
   { name: 'verbose', short: 'v', type: 'count', group: 'nbdkit', describe: 'Debug: one line per NBD and HTTP request, the cause chain of failures (-vv: trace)' },
   { name: 'version', short: 'V', type: 'flag', group: 'nbdkit', describe: 'Print the version and exit' },
@@ -41,20 +48,20 @@ export const OPTIONS: readonly OptionSpec[] = [
   // Talking to imageio.
   { name: 'cafile', type: 'string', arg: 'FILE', group: 'imageio', describe: "Verify imageio's certificate with the CA(s) in FILE (default: the system CAs)" },
   { name: 'insecure', type: 'flag', group: 'imageio', describe: "Do not verify imageio's certificate" },
-  { name: 'unix-socket', type: 'string', arg: 'auto|never', group: 'imageio', describe: "Use imageio's local unix socket when it offers one and it answers (default auto)" },
-  { name: 'connections', type: 'string', arg: 'N', group: 'imageio', describe: "HTTP connections in the pool (default 4, capped by imageio's max_readers/max_writers)" },
-  { name: 'request-size', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Merge writes into HTTP requests of this size (default 8M; 0: off)' },
-  { name: 'readahead', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Read sequential reads ahead in HTTP requests of this size, within data extents (default 8M; 0: off)' },
-  { name: 'max-buffer', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Bound on write data buffered or in flight to imageio (default 32M)' },
-  { name: 'coalesce-idle', type: 'string', arg: 'S', group: 'imageio', describe: 'Send a partly filled request after S seconds without new writes to it (default 0.01)' },
+  { name: 'unix-socket', type: 'string', arg: 'auto|never', group: 'imageio', describe: `Use imageio's local unix socket when it offers one and it answers (default ${DEFAULTS.unixSocket})` },
+  { name: 'connections', type: 'string', arg: 'N', group: 'imageio', describe: `HTTP connections in the pool (default ${DEFAULTS.connections}, capped by imageio's max_readers/max_writers)` },
+  { name: 'request-size', type: 'string', arg: 'SIZE', group: 'imageio', describe: `Merge writes into HTTP requests of this size (default ${size(DEFAULTS.requestSize)}; 0: off)` },
+  { name: 'readahead', type: 'string', arg: 'SIZE', group: 'imageio', describe: `Read sequential reads ahead in HTTP requests of this size, within data extents (default ${size(DEFAULTS.readahead)}; 0: off)` },
+  { name: 'max-buffer', type: 'string', arg: 'SIZE', group: 'imageio', describe: `Bound on write data buffered or in flight to imageio (default ${size(DEFAULTS.maxBuffer)})` },
+  { name: 'coalesce-idle', type: 'string', arg: 'S', group: 'imageio', describe: `Send a partly filled request after S seconds without new writes to it (default ${secs(DEFAULTS.coalesceIdleMs)})` },
   { name: 'size', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Export size, at most the transfer size (default: the size imageio reports)' },
   { name: 'block-size', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Preferred block size advertised to NBD clients, or none (default 4K for imageio: clients keep their own request sizes and zero detection; 4M otherwise)' },
-  { name: 'connect-timeout', type: 'string', arg: 'S', group: 'imageio', describe: 'Seconds to wait for an HTTP connection (default 10)' },
-  { name: 'request-timeout', type: 'string', arg: 'S', group: 'imageio', describe: 'Deadline of one HTTP request, headers and body, in seconds; data requests get more for their bytes at --min-rate (default 60)' },
-  { name: 'min-rate', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Slowest rate per second tolerated for request and response bodies: a request may take --request-timeout plus its size at this rate (default 1M)' },
-  { name: 'max-memory', type: 'string', arg: 'SIZE', group: 'imageio', describe: 'Bound on all data held in memory: NBD writes being received or waiting, buffered and in-flight writes, read replies, read-ahead (default 48M)' },
-  { name: 'retries', type: 'string', arg: 'N', group: 'imageio', describe: 'Retries of an HTTP request that can safely be repeated: reads always, writes only when provably not done (default 3)' },
-  { name: 'keepalive', type: 'string', arg: 'S', group: 'imageio', describe: 'Keep-alive request on HTTP connections idle S seconds (default 30; imageio closes them at 60)' },
+  { name: 'connect-timeout', type: 'string', arg: 'S', group: 'imageio', describe: `Seconds to wait for an HTTP connection (default ${secs(DEFAULTS.connectTimeoutMs)})` },
+  { name: 'request-timeout', type: 'string', arg: 'S', group: 'imageio', describe: `Deadline of one HTTP request, headers and body, in seconds; data requests get more for their bytes at --min-rate (default ${secs(DEFAULTS.requestTimeoutMs)})` },
+  { name: 'min-rate', type: 'string', arg: 'SIZE', group: 'imageio', describe: `Slowest rate per second tolerated for request and response bodies: a request may take --request-timeout plus its size at this rate (default ${size(DEFAULTS.minRate)})` },
+  { name: 'max-memory', type: 'string', arg: 'SIZE', group: 'imageio', describe: `Bound on all data held in memory: NBD writes being received or waiting, buffered and in-flight writes, read replies, read-ahead (default ${size(DEFAULTS.maxMemory)})` },
+  { name: 'retries', type: 'string', arg: 'N', group: 'imageio', describe: `Retries of an HTTP request that can safely be repeated: reads always, writes only when provably not done (default ${DEFAULTS.retries})` },
+  { name: 'keepalive', type: 'string', arg: 'S', group: 'imageio', describe: `Keep-alive request on HTTP connections idle S seconds (default ${secs(DEFAULTS.keepAliveMs)}; imageio closes them at 60)` },
 
   // Engine mode: the transfer is created on the oVirt engine instead of being given (src/engine/).
   { name: 'engine', type: 'string', arg: 'URL', group: 'engine', describe: 'oVirt engine API URL (https://ENGINE/ovirt-engine/api) instead of a transfer URL: create the transfer there (needs --run; --cafile/--insecure apply to it)' },
@@ -76,7 +83,7 @@ export const OPTIONS: readonly OptionSpec[] = [
 
   // What the command prints.
   { name: 'stats', type: 'string', arg: 'FILE', optionalValue: true, group: 'output', describe: 'At exit: nbdkit stats-filter lines, http and process lines, on stderr or in FILE (--stats FILE works too)' },
-  { name: 'progress', type: 'string', arg: 'N', optionalValue: true, group: 'output', describe: 'Progress every N seconds (default 5) on stderr: done, rate, ETA, and a final line' },
+  { name: 'progress', type: 'string', arg: 'N', optionalValue: true, group: 'output', describe: `Progress every N seconds (default ${DEFAULTS.progressSeconds}) on stderr: done, rate, ETA, and a final line` },
   { name: 'log-format', type: 'string', arg: 'pretty|json', group: 'output', describe: 'Log lines on stderr; json also makes progress and stats JSON lines (default pretty)' },
 ];
 

@@ -30,6 +30,18 @@ export function parseSize(text: string | number, what = 'size'): number {
   return value;
 }
 
+/** "8M", "48M", "4K", "1000": the form a user would type (parseSize reads it back exactly). */
+export function formatSizeOption(n: number): string {
+  const suffixes = ['', 'K', 'M', 'G', 'T', 'P'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && v % 1024 === 0 && i < suffixes.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v}${suffixes[i]}`;
+}
+
 /** "8 MiB", "1.50 GiB": for logs and summaries. */
 export function formatBytes(n: number): string {
   const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];

@@ -5,6 +5,7 @@ import * as lib from '../../../src';
 import type { ExportOptions, ListenConfig, OptionSpec, RunConfig as LibRunConfig } from '../../../src';
 import { parseSize } from '../../../src/core/size';
 import { ConfigError } from '../../../src/core/errors';
+import { DEFAULTS } from '../../../src/core/defaults';
 
 async function cfg(argv: string[]): Promise<RunConfig> {
   const r = await parseArgs(argv);
@@ -219,5 +220,61 @@ describe('arguments that are not what they look like', () => {
     await expect(parseArgs(['engine-srver'])).rejects.toThrow(/did you mean 'engine-server'/);
     // A word far from every subcommand may be a file.
     expect(await parseArgs(['disk'])).toMatchObject({ kind: 'run' });
+  });
+});
+
+describe('--help states the defaults the parser applies (one table: src/core/defaults.ts)', () => {
+  /** Option -> the RunConfig field it sets. */
+  const FIELDS: Record<string, keyof RunConfig> = {
+    threads: 'threads',
+    'unix-socket': 'unixSocket',
+    connections: 'connections',
+    'request-size': 'requestSize',
+    readahead: 'readahead',
+    'max-buffer': 'maxBuffer',
+    'coalesce-idle': 'coalesceIdleMs',
+    'connect-timeout': 'connectTimeoutMs',
+    'request-timeout': 'requestTimeoutMs',
+    'min-rate': 'minRate',
+    'max-memory': 'maxMemory',
+    retries: 'retries',
+    keepalive: 'keepAliveMs',
+  };
+  const config = async (argv: string[]): Promise<RunConfig> => {
+    const r = await parseArgs(argv);
+    if (r.kind !== 'run') throw new Error(`not a run: ${r.kind}`);
+    return r.config;
+  };
+
+  test.each(Object.entries(FIELDS))('--%s: giving the default that --help names changes nothing', async (option, field) => {
+    const help = await parseArgs(['--help']);
+    if (help.kind !== 'help') throw new Error('no help');
+    const line = help.text.split('\n').find((l) => l.trimStart().startsWith(`--${option} `) || l.includes(`, --${option} `));
+    expect(line).toBeDefined();
+    const stated = /\(default ([^;,)\s]+)/.exec(line!)?.[1];
+    expect(stated).toBeDefined();
+    const base = await config(['memory:1G']);
+    const given = await config([`--${option}`, stated!, 'memory:1G']);
+    expect({ [field]: given[field] }).toEqual({ [field]: base[field] });
+  });
+
+  test('the defaults are the table’s', async () => {
+    const c = await config(['memory:1G']);
+    expect([c.connections, c.requestSize, c.readahead, c.maxBuffer, c.maxMemory, c.retries]).toEqual([
+      DEFAULTS.connections,
+      DEFAULTS.requestSize,
+      DEFAULTS.readahead,
+      DEFAULTS.maxBuffer,
+      DEFAULTS.maxMemory,
+      DEFAULTS.retries,
+    ]);
+    expect([c.coalesceIdleMs, c.connectTimeoutMs, c.requestTimeoutMs, c.keepAliveMs, c.minRate, c.threads]).toEqual([
+      DEFAULTS.coalesceIdleMs,
+      DEFAULTS.connectTimeoutMs,
+      DEFAULTS.requestTimeoutMs,
+      DEFAULTS.keepAliveMs,
+      DEFAULTS.minRate,
+      DEFAULTS.threads,
+    ]);
   });
 });
