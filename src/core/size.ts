@@ -42,8 +42,8 @@ export function formatSizeOption(n: number): string {
   return `${v}${suffixes[i]}`;
 }
 
-/** "8 MiB", "1.50 GiB": for logs and summaries. */
-export function formatBytes(n: number): string {
+/** n in the largest binary unit it reaches: [value, unit], unit index 0 meaning bytes. */
+function scaled(n: number): [number, string, number] {
   const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
   let i = 0;
   let v = n;
@@ -51,18 +51,17 @@ export function formatBytes(n: number): string {
     v /= 1024;
     i++;
   }
-  return i === 0 ? `${n} bytes` : `${v.toFixed(2)} ${units[i]}`;
+  return [v, units[i], i];
+}
+
+/** "8.00 MiB", "1.50 GiB": for logs and summaries (fixed two decimals line up in columns). */
+export function formatBytes(n: number): string {
+  const [v, unit, i] = scaled(n);
+  return i === 0 ? `${n} bytes` : `${v.toFixed(2)} ${unit}`;
 }
 
 /** "8 MiB", "1.5 GiB", "1000 bytes": the shortest exact-enough form, for one-line messages. */
 export function formatSize(n: number): string {
-  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let i = 0;
-  let v = n;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  if (i === 0) return `${n} bytes`;
-  return `${Number(v.toFixed(2))} ${units[i]}`;
+  const [v, unit, i] = scaled(n);
+  return i === 0 ? `${n} bytes` : `${Number(v.toFixed(2))} ${unit}`;
 }
