@@ -26,11 +26,10 @@ export function statsRecords(
 ): Array<{ text: string; fields: Record<string, unknown> }> {
   const out: Array<{ text: string; fields: Record<string, unknown> }> = [];
   const counters = stack.stats.counters();
-  for (const line of stack.stats.format().split('\n')) {
-    const op = line.slice(0, line.indexOf(':'));
-    const c = op === 'total' ? undefined : counters[op as keyof typeof counters];
+  for (const { op, text } of stack.stats.report()) {
+    const c = op === 'total' ? undefined : counters[op];
     out.push({
-      text: line,
+      text,
       fields: { stats: c ? { kind: 'nbd', op, ops: c.ops, bytes: c.bytes, seconds: Number(c.ns) / 1e9 } : { kind: 'nbd', op } },
     });
   }

@@ -80,23 +80,32 @@ export class StatsLayer extends PassthroughLayer {
 
   /** The nbdkit-style report: a total line, then one line per operation seen. No trailing newline. */
   format(): string {
+    return this.report()
+      .map((l) => l.text)
+      .join('\n');
+  }
+
+  /** The report's lines, each with the operation it is about ('total' for the first). */
+  report(): Array<{ op: StatsOp | 'total'; text: string }> {
     const elapsedUs = usecs(this.clock() - this.start);
     const all = [...this.stats.values()];
     const get = (op: StatsOp) => this.stats.get(op)!;
     // nbdkit's print_totals: cache is left out of ops, and only these four carry bytes.
     const ops = all.reduce((n, st) => n + st.ops, 0) - get('cache').ops;
     const bytes = get('read').bytes + get('write').bytes + get('trim').bytes + get('zero').bytes;
-    const lines = [`total: ${ops} ops, ${seconds(elapsedUs)} s, ${humanSize(bytes)}, ${humanRate(bytes, elapsedUs)}/s`];
+    const lines: Array<{ op: StatsOp | 'total'; text: string }> = [
+      { op: 'total', text: `total: ${ops} ops, ${seconds(elapsedUs)} s, ${humanSize(bytes)}, ${humanRate(bytes, elapsedUs)}/s` },
+    ];
     for (const op of STATS_OPS) {
       const st = get(op);
       if (st.ops === 0) continue;
       const us = usecs(st.ns);
-      lines.push(
-        `${op}: ${st.ops} ops, ${seconds(us)} s, ${humanSize(st.bytes)}, ` +
-          `${humanRate(st.bytes, us)}/s op, ${humanRate(st.bytes, elapsedUs)}/s total`,
-      );
+      lines.push({
+        op,
+        text: `${op}: ${st.ops} ops, ${seconds(us)} s, ${humanSize(st.bytes)}, ${humanRate(st.bytes, us)}/s op, ${humanRate(st.bytes, elapsedUs)}/s total`,
+      });
     }
-    return lines.join('\n');
+    return lines;
   }
 
   private async time<T>(op: StatsOp, bytes: number, fn: () => Promise<T>): Promise<T> {
