@@ -13,15 +13,13 @@
 import { ConfigError } from '../core/errors';
 import { parseSize } from '../core/size';
 
-/** What engine mode needs, checked. */
-export interface EngineConfig {
+/** What every transfer through the engine needs, checked (engine mode and --jobs). */
+export interface EngineSettings {
   /** The API URL, e.g. https://engine.example.com/ovirt-engine/api (no trailing slash). */
   apiUrl: string;
   username: string;
   /** Read when the run starts: its first line is the password. */
   passwordFile: string;
-  disk: { id: string } | { create: NewDisk };
-  direction: 'upload' | 'download';
   /** Run the transfer on this host (by name) instead of choosing one. */
   host?: string;
   /** The transfer's inactivity_timeout, seconds; 0 turns the engine's check off. */
@@ -35,6 +33,12 @@ export interface EngineConfig {
   timeoutS: number;
   /** Bound on the wait for the engine's verdict once finalize was sent, seconds. */
   finalizeTimeoutS: number;
+}
+
+/** What engine mode (one transfer) needs, checked. */
+export interface EngineConfig extends EngineSettings {
+  disk: { id: string } | { create: NewDisk };
+  direction: 'upload' | 'download';
 }
 
 /** ImageTransferTimeoutPolicy (ovirt-engine-api-model types/ImageTransferTimeoutPolicy.java, engines from 4.4.5). */
