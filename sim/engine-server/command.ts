@@ -27,6 +27,7 @@ export async function runEngineServerCommand(argv: string[]): Promise<number> {
       )
       .option('hosts', { type: 'number', default: 3, describe: 'number of hosts (host1, host2, ...)' })
       .option('local-host', { type: 'number', describe: "give host N this machine's vdsm id (/etc/vdsm/vdsm.id, or the file IMAGEIO_NBD_VDSM_ID_FILE names), as if imageio-nbd ran on it" })
+      .option('host-rate', { type: 'string', describe: "bandwidth of each host's network, e.g. 200M (bytes per second, shared by the host's transfers; default unlimited)" })
       .option('disk', { type: 'string', array: true, describe: 'create an empty disk of this size (repeatable)' })
       .option('storage-domain', { type: 'string', default: 'data', describe: 'name of the storage domain' })
       .option('dir', { type: 'string', describe: 'directory for disk images and sockets (default: a temporary one, removed at exit)' })
@@ -82,6 +83,7 @@ export async function runEngineServerCommand(argv: string[]): Promise<number> {
       username: args.username,
       password,
       admin: !args['ordinary-user'],
+      hostRate: args['host-rate'] !== undefined ? parseSize(args['host-rate'], 'host rate') : undefined,
       storageDomain: args['storage-domain'],
       logger,
     });
