@@ -73,6 +73,10 @@ const ENGINE_OPTIONS = [
   'timeout-policy',
   'engine-timeout',
   'finalize-timeout',
+  'jobs',
+  'copy-with',
+  'per-host',
+  'job-retries',
 ] as const;
 const NEW_DISK_OPTIONS = ['storage-domain', 'disk-name', 'disk-format', 'sparse', 'preallocated'] as const;
 
@@ -93,9 +97,9 @@ export function engineConfigFrom(a: Record<string, unknown>): EngineConfig | und
     if (stray) throw new ConfigError(`--${stray} needs --engine`);
     return undefined;
   }
-  const apiUrl = engineApiUrl(String(a.engine));
-  const username = nonEmpty(a.username, '--username');
-  const passwordFile = nonEmpty(a['password-file'], '--password-file');
+  // --jobs: each job says what to move (src/cli/jobs/jobs-options.ts).
+  if (a.jobs !== undefined) return undefined;
+  const settings = engineSettingsFrom(a);
   if (a.run === undefined) {
     throw new ConfigError('--engine needs --run: the transfer is finalized when the command succeeds, and cancelled when it fails');
   }
@@ -145,6 +149,14 @@ export function engineConfigFrom(a: Record<string, unknown>): EngineConfig | und
     throw new ConfigError('--disk-id needs --direction upload or --direction download (-r): an upload overwrites the disk, a download only reads it');
   }
 
+  return { ...settings, disk, direction };
+}
+
+/** The options every transfer through the engine shares, checked (--engine is given). */
+export function engineSettingsFrom(a: Record<string, unknown>): EngineSettings {
+  const apiUrl = engineApiUrl(String(a.engine));
+  const username = nonEmpty(a.username, '--username');
+  const passwordFile = nonEmpty(a['password-file'], '--password-file');
   const host = a.host as string | undefined;
   if (host === '') throw new ConfigError('--host needs a host name');
   const policy = a['timeout-policy'] as string | undefined;
@@ -155,8 +167,6 @@ export function engineConfigFrom(a: Record<string, unknown>): EngineConfig | und
     apiUrl,
     username,
     passwordFile,
-    disk,
-    direction,
     host,
     inactivityTimeoutS: seconds(a['inactivity-timeout'], '--inactivity-timeout', DEFAULT_INACTIVITY_TIMEOUT_S, 0),
     timeoutPolicy: policy,

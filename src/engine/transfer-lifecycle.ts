@@ -133,6 +133,8 @@ export class TransferLifecycle {
   hostName = '';
   /** Serving started: an upload may have written something. */
   served = false;
+  /** The copy finished and was flushed (a job of --jobs whose group failed is then not partial). */
+  complete = false;
   private readonly client: EngineClient;
   private readonly s: EngineSettings;
   private readonly spec: TransferSpec;
@@ -512,6 +514,7 @@ export class TransferLifecycle {
     if (v.kind === 'success') {
       // Nothing was served, so nothing was written.
       if (!upload || !this.served) return `transfer ${id} finalized; disk ${disk.id} (${disk.name}) is unchanged`;
+      if (this.complete) return `transfer ${id} finalized to keep disk ${disk.id} (${disk.name}); its upload was complete, but the disks that go with it were not all written`;
       return `transfer ${id} finalized to keep disk ${disk.id} (${disk.name}), but the upload did NOT complete: the disk's content is PARTIAL, write it again`;
     }
     return v.line;
