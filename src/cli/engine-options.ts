@@ -12,9 +12,10 @@
  */
 import { ConfigError } from '../core/errors';
 import { parseSize } from '../core/size';
+import type { LifecycleSettings, NewDisk, TimeoutPolicy } from '../engine/transfer-lifecycle';
 
 /** What every transfer through the engine needs, checked (engine mode and --jobs). */
-export interface EngineSettings {
+export interface EngineSettings extends LifecycleSettings {
   /** The API URL, e.g. https://engine.example.com/ovirt-engine/api (no trailing slash). */
   apiUrl: string;
   username: string;
@@ -41,20 +42,7 @@ export interface EngineConfig extends EngineSettings {
   direction: 'upload' | 'download';
 }
 
-/** ImageTransferTimeoutPolicy (ovirt-engine-api-model types/ImageTransferTimeoutPolicy.java, engines from 4.4.5). */
-export type TimeoutPolicy = 'legacy' | 'pause' | 'cancel';
-
-export interface NewDisk {
-  storageDomain: string;
-  /** provisioned_size, bytes. */
-  size: number;
-  /** oVirt disk formats: raw, or cow (qcow2). */
-  format: 'raw' | 'cow';
-  sparse: boolean;
-  /** Undefined: a unique name is made when the run starts. */
-  name?: string;
-}
-
+export type { NewDisk, TimeoutPolicy } from '../engine/transfer-lifecycle';
 
 /** Every option of this group, for "needs --engine" checks. */
 const ENGINE_OPTIONS = [

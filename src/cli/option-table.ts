@@ -74,7 +74,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { name: 'password-file', type: 'string', arg: 'FILE', group: 'engine', describe: "File whose first line is the user's password" },
   { name: 'disk-id', type: 'string', arg: 'ID', group: 'engine', describe: 'Transfer to or from this existing disk' },
   { name: 'create-disk', type: 'flag', group: 'engine', describe: 'Upload into a new disk (with --storage-domain and --size); removed again if the upload fails; its id is printed (disk-id=ID)' },
-  { name: 'storage-domain', type: 'string', arg: 'NAME', group: 'engine', describe: 'Storage domain of the new disk' },
+  { name: 'storage-domain', type: 'string', arg: 'NAME', group: 'engine', describe: 'Storage domain of the new disk (with --jobs: of every new disk whose job names none)' },
   { name: 'disk-name', type: 'string', arg: 'NAME', group: 'engine', describe: 'Name of the new disk (default imageio-nbd-DATE-TIME-RANDOM, unique)' },
   { name: 'disk-format', type: 'string', arg: 'raw|cow', group: 'engine', describe: 'Format of the new disk (default raw; cow is always thin; the transfer itself is always raw data)' },
   { name: 'sparse', type: 'flag', group: 'engine', describe: 'Make a new raw disk thin-provisioned (not on block storage)' },

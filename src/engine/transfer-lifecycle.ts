@@ -59,7 +59,33 @@ import type { Logger } from '../core/log';
 import { FINAL_PHASES, type Disk, type ImageTransfer } from './api-types';
 import type { EngineClient, NewTransferSpec } from './engine-client';
 import type { Placement } from './placement';
-import type { EngineSettings, NewDisk, TimeoutPolicy } from '../cli/engine-options';
+
+/** ImageTransferTimeoutPolicy (ovirt-engine-api-model types/ImageTransferTimeoutPolicy.java, engines from 4.4.5). */
+export type TimeoutPolicy = 'legacy' | 'pause' | 'cancel';
+
+export interface NewDisk {
+  storageDomain: string;
+  /** provisioned_size, bytes. */
+  size: number;
+  /** oVirt disk formats: raw, or cow (qcow2). */
+  format: 'raw' | 'cow';
+  sparse: boolean;
+  /** Undefined: a unique name is made when the run starts. */
+  name?: string;
+}
+
+
+/** What the lifecycle needs of the command line (src/cli/engine-options.ts checks it). */
+export interface LifecycleSettings {
+  /** The transfer's inactivity_timeout, seconds; 0 turns the engine's check off. */
+  inactivityTimeoutS: number;
+  /** Undefined: cancel, except pause for an upload into an existing disk. */
+  timeoutPolicy?: TimeoutPolicy;
+  /** Bound on each wait for the engine before finalize, seconds. */
+  timeoutS: number;
+  /** Bound on the wait for the engine's verdict once finalize was sent, seconds. */
+  finalizeTimeoutS: number;
+}
 
 /** How long a transfer may stay finished_cleanup before it counts as ended. */
 const CLEANUP_GRACE_MS = 10_000;
@@ -88,7 +114,7 @@ export interface TransferSpec {
 
 export interface LifecycleOptions {
   client: EngineClient;
-  settings: EngineSettings;
+  settings: LifecycleSettings;
   spec: TransferSpec;
   logger: Logger;
   /** Lines shown at the default level (proxy fallback, timeout_policy warnings). */
@@ -136,7 +162,7 @@ export class TransferLifecycle {
   /** The copy finished and was flushed (a job of --jobs whose group failed is then not partial). */
   complete = false;
   private readonly client: EngineClient;
-  private readonly s: EngineSettings;
+  private readonly s: LifecycleSettings;
   private readonly spec: TransferSpec;
   private readonly logger: Logger;
   private readonly notice: Logger;
