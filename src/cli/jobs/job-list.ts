@@ -127,7 +127,7 @@ function makeJob(op: string, positional: string[], opts: Record<string, string |
   };
   const group = str('group');
   if (op === 'upload') {
-    if (positional.length !== 1) throw new ConfigError(`jobs ${where}: upload takes one source image, got ${positional.length}: upload SRC [--storage-domain SD] ...`);
+    if (positional.length !== 1) throw new ConfigError(`jobs ${where}: upload takes one source image: upload SRC [--storage-domain SD] ...`);
     const diskId = str('disk-id');
     const fmt = str('disk-format');
     if (fmt !== undefined && fmt !== 'raw' && fmt !== 'cow' && fmt !== 'qcow2') throw new ConfigError(`jobs ${where}: invalid --disk-format '${fmt}': expected raw or cow`);
@@ -162,7 +162,7 @@ function makeJob(op: string, positional: string[], opts: Record<string, string |
       group,
     };
   }
-  if (positional.length !== 2) throw new ConfigError(`jobs ${where}: download takes a disk id and a destination, got ${positional.length} words: download DISK-ID DEST`);
+  if (positional.length !== 2) throw new ConfigError(`jobs ${where}: download takes a disk id and a destination: download DISK-ID DEST`);
   const destFormat = str('dest-format') ?? 'raw';
   if (destFormat !== 'raw' && destFormat !== 'qcow2') throw new ConfigError(`jobs ${where}: invalid --dest-format '${destFormat}': expected raw or qcow2`);
   return { op: 'download', where, diskId: positional[0], dest: positional[1], destFormat, group };
