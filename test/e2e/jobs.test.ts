@@ -38,10 +38,10 @@ async function runJobs(t: TestEngine, args: string[], env: NodeJS.ProcessEnv = {
 
 /** The rows of the outcome table (after its header). */
 function tableRows(stdout: string): string[][] {
-  return stdout
-    .trim()
-    .split('\n')
-    .slice(1)
+  const lines = stdout.trim().split('\n');
+  expect(lines[lines.length - 1]).toMatch(/^total: \d+ of \d+ jobs ok, .* imageio-nbd: [\d.]+ s CPU, peak RSS [\d.]+ MiB$/);
+  return lines
+    .slice(1, -1)
     .map((l) => l.split(/\s{2,}/));
 }
 
@@ -180,6 +180,7 @@ test('--log-format json: progress records and one outcome record per job, all JS
   expect(final).toMatchObject({ final: true, bytesTotal: 2 * SIZE, waiting: 0 });
   expect(final.bytesDone).toBeGreaterThan(0);
   const rows = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  expect(rows.pop()).toEqual({ summary: expect.objectContaining({ jobs: 2, ok: 2, failed: 0 }) });
   expect(rows.map((x) => [x.job, x.op, x.outcome])).toEqual([
     [1, 'upload', 'ok'],
     [2, 'download', 'ok'],

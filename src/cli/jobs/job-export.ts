@@ -51,6 +51,7 @@ export class JobExport {
   private constructor(
     private readonly stack: ExportStack,
     private readonly logger: Logger,
+    private readonly readonly: boolean,
   ) {}
 
   /** Open the transfer's export stack (failing before anything is copied). */
@@ -60,7 +61,7 @@ export class JobExport {
     if (o.config.verbose === 0) stackLogger.level = 'silent';
     // The one call of openExport here: its options follow the command line (see serve.ts).
     const stack = await openExport({ ...o.config, url: o.target.url, unixSocket: o.target.unixSocket, keepAliveMs: o.keepAliveMs, readonly: o.readonly }, stackLogger);
-    return new JobExport(stack, o.logger);
+    return new JobExport(stack, o.logger, o.readonly);
   }
 
   /** The image's size as imageio reports it. */
@@ -86,7 +87,7 @@ export class JobExport {
    */
   async copy(argv: (uri: string) => string[], abort: AbortSignal, threads: number): Promise<CopyResult> {
     const server = new NbdServer({
-      exports: [{ name: '', description: this.stack.describe, backend: this.stack.top, readonly: false, preferredBlockSize: this.stack.preferredBlockSize }],
+      exports: [{ name: '', description: this.stack.describe, backend: this.stack.top, readonly: this.readonly, preferredBlockSize: this.stack.preferredBlockSize }],
       logger: this.logger,
       maxInFlightPerConnection: threads,
     });
@@ -119,7 +120,7 @@ export class JobExport {
       const lastError = stderr.trim().split('\n').pop() ?? '';
       if (status !== 0) return { status, lastError, dataLost: false };
       let dataLost = this.stack.journal.writesFailed;
-      if (!dataLost && this.stack.top.capabilities().canFlush) {
+      if (!dataLost && !this.readonly && this.stack.top.capabilities().canFlush) {
         try {
           await this.stack.top.flush();
         } catch (err) {

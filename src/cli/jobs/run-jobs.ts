@@ -474,8 +474,23 @@ class JobsRun {
         error: r.line,
       };
     });
+    // The whole run: this process's own CPU and peak RSS (not the copying programs').
+    const ru = process.resourceUsage();
+    const wall = (Date.now() - this.started) / 1000;
+    const bytes = rows.reduce((n, x) => n + x.bytes, 0);
+    const summary = {
+      jobs: rows.length,
+      ok: rows.filter((x) => x.outcome === 'ok').length,
+      failed: rows.filter((x) => x.outcome !== 'ok').length,
+      bytes,
+      seconds: Number(wall.toFixed(3)),
+      bytesPerSecond: wall > 0 ? Math.round(bytes / wall) : 0,
+      cpuSeconds: Number(((ru.userCPUTime + ru.systemCPUTime) / 1e6).toFixed(3)),
+      peakRssMiB: Number((ru.maxRSS / 1024).toFixed(1)),
+    };
     if (this.config.logFormat === 'json') {
       for (const row of rows) process.stdout.write(`${JSON.stringify(row)}\n`);
+      process.stdout.write(`${JSON.stringify({ summary })}\n`);
       return;
     }
     const table = [
@@ -493,5 +508,9 @@ class JobsRun {
     ];
     const widths = table[0].map((_, c) => Math.max(...table.map((row) => row[c].length)));
     process.stdout.write(table.map((row) => row.map((cell, c) => (c === row.length - 1 ? cell : cell.padEnd(widths[c]))).join('  ')).join('\n') + '\n');
+    process.stdout.write(
+      `total: ${summary.ok} of ${summary.jobs} jobs ok, ${formatSize(bytes)} in ${formatDuration(wall)}, ${formatSize(summary.bytesPerSecond)}/s; ` +
+        `imageio-nbd: ${summary.cpuSeconds.toFixed(2)} s CPU, peak RSS ${summary.peakRssMiB} MiB\n`,
+    );
   }
 }
