@@ -88,12 +88,19 @@ class Group {
 
   /** A member copied (ok) or failed for good. */
   arrive(j: JobRun, ok: boolean): void {
-    if (!ok && !this.failedBy) {
-      this.failedBy = j;
-      const why = new EngineError('ERR_GROUP', `${j.plan.label} of group ${this.name} failed`);
-      for (const m of this.members) if (m !== j) m.abort.abort(why);
-    }
+    if (!ok) this.spoil(j);
     if (++this.settled === this.members.length) this.resolve(!this.failedBy);
+  }
+
+  /**
+   * A member that copied learns, while the others still copy, that the engine ended its
+   * transfer: the group cannot finish together any more.
+   */
+  spoil(j: JobRun): void {
+    if (this.failedBy || this.settled === this.members.length) return;
+    this.failedBy = j;
+    const why = new EngineError('ERR_GROUP', `${j.plan.label} of group ${this.name} failed`);
+    for (const m of this.members) if (m !== j) m.abort.abort(why);
   }
 }
 
@@ -310,6 +317,8 @@ class JobsRun {
       monitor = lc.monitor((err) => {
         problem ??= err;
         copyAbort.abort(err);
+        const g = r.plan.job.group;
+        if (r.state === 'copied' && g !== undefined) this.groups.get(g)!.spoil(r);
       });
       exp = await JobExport.open({ config: this.config, target, keepAliveMs: lc.keepAliveMs(this.config.keepAliveMs), readonly: r.plan.spec.direction === 'download', logger: this.logger });
       const e = exp;
@@ -362,7 +371,8 @@ class JobsRun {
     const h = r.held!;
     h.monitor.stop();
     await h.exp.close();
-    const line = await h.lc.fail(why);
+    // Its own transfer's end, when that is what spoiled the group.
+    const line = await h.lc.fail(h.problem() ?? why);
     this.slots!.release(h.slot);
     this.ended(r, 'failed', line);
   }
