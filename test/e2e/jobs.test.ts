@@ -9,6 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { compareFiles, e2eSuite, makeSource, MiB, runCli, spawnCli, waitFor } from '../helpers/cli';
 import { engineEnv, expectNothingLeft, useTestEngine, type TestEngine } from '../helpers/engine';
+import { EngineClient } from '../../src/engine/engine-client';
 
 const SIZE = 4 * MiB;
 const suite = e2eSuite({ name: 'jobs-e2e', size: SIZE, seed: 41 });
@@ -131,6 +132,49 @@ test('a host that goes down mid-transfer fails only its job, which is retried on
   const rows = tableRows(r.stdout);
   expect(rows.map((row) => row[6]).sort()).toEqual(['ok', 'ok', 'ok (2 tries)']);
   expect(rows.every((row) => row[1] === 'host2' || row[1] === 'host3')).toBe(true);
+});
+
+test('--job-retries 0: the job on the host that went down fails alone, its new disk removed; the others finish; exit 1', async () => {
+  const t = await engine({ hosts: [{ name: 'host1', downAfterBytes: MiB }, { name: 'host2' }, { name: 'host3' }] });
+  const src = sources(3, 8 * MiB);
+  const file = jobFile(src.map((s, i) => `upload ${s.src} --disk-name d${i + 1}`));
+  const r = await runJobs(t, ['--storage-domain', 'data', '--jobs', file, '--per-host', '1', '--job-retries', '0']);
+  expect(r.code).toBe(1);
+  const transfers = await expectNothingLeft(t.engine);
+  const st = t.engine.state();
+  const failed = transfers.filter((x) => x.hostId === st.hosts[0].id);
+  expect(failed.map((x) => x.phase)).toEqual(['finished_failure']);
+  expect(transfers.filter((x) => x.phase === 'finished_success')).toHaveLength(2);
+  // The failed job's disk is gone; the other two are written.
+  expect(st.disks.map((d) => d.name)).toHaveLength(2);
+  for (const d of st.disks) expect(compareFiles(src[Number(d.name.slice(1)) - 1].raw, d.path)).toBe('equal');
+  expect(r.stderr).not.toMatch(/starting it again/);
+  expect(r.stderr.match(/imageio-nbd: job \d .*disk [0-9a-f-]+ removed/g)).toHaveLength(1);
+  expect(tableRows(r.stdout).map((row) => row[6]).sort()).toEqual(['failed', 'ok', 'ok']);
+});
+
+test("the engine's other transfers count: a host busy with someone else's transfer gets none of ours at --per-host 1", async () => {
+  const t = await engine({ hosts: 3 });
+  const [host1] = t.engine.state().hosts;
+  const other = new EngineClient({ apiUrl: t.engine.apiUrl, username: t.engine.username, password: t.engine.password, cafile: t.ca });
+  try {
+    const d = t.engine.addDisk({ name: 'someone-else', size: MiB });
+    const theirs = await other.createTransfer({ diskId: d.id, direction: 'download', hostId: host1.id, inactivityTimeout: 0 });
+    await waitFor(async () => (await other.getTransfer(theirs.id))?.phase === 'transferring', 'the other transfer to run');
+    const src = sources(3);
+    const file = jobFile(src.map((s) => `upload ${s.src}`));
+    const r = await runJobs(t, ['--storage-domain', 'data', '--jobs', file, '--per-host', '1']);
+    expect(r.code).toBe(0);
+    const ours = t.engine.state().transfers.filter((x) => x.id !== theirs.id);
+    expect(ours).toHaveLength(3);
+    expect(ours.some((x) => x.hostId === host1.id)).toBe(false);
+    expect(r.stderr).toMatch(/INFO: job 1 \(line 1, upload src1\.raw\): host[23]: 0 active transfers \(0 of ours\), chosen over host1: 1, host[23]: 0 \(ties broken at random\)\n/);
+    expect(r.stderr).toMatch(/: waiting for a free slot: host1: 1, host2: 1, host3: 1 of 1 \(--per-host\)\n/);
+    await other.transferAction(theirs.id, 'cancel');
+  } finally {
+    await other.close();
+  }
+  await expectNothingLeft(t.engine);
 });
 
 test('the local host is preferred (its unix socket carries the data) while it has free slots', async () => {
