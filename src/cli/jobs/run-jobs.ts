@@ -191,6 +191,7 @@ class JobsRun {
   private readonly groups = new Map<string, Group>();
   private interrupted?: NodeJS.Signals;
   private readonly started = Date.now();
+  private progress?: { stop(): void; breakLine(): void };
 
   constructor(
     private readonly config: RunConfig,
@@ -221,7 +222,7 @@ class JobsRun {
 
   async run(): Promise<number> {
     const offSignals = this.onSignals();
-    const progress = this.startProgress();
+    const progress = (this.progress = this.startProgress());
     try {
       try {
         this.client = await engineLogin(this.jc.settings, this.config, this.logger);
@@ -233,9 +234,14 @@ class JobsRun {
         perHost: this.jc.perHost,
         vdsmId: localVdsmId(),
         forced: this.jc.settings.host,
-        onDecision: (line) => this.notice.info(line),
+        onDecision: (line) => {
+          this.progress?.breakLine();
+          this.notice.info(line);
+        },
       });
-      // The command owns the process: every job's payloads share one bound, a --max-memory per job that can run at once.
+      // The command owns the process: every job's payloads share one pool. Its bound is a
+      // --max-memory for each job of four hosts' worth (--per-host x 4) at most: how many
+      // hosts there are is known only per decision, and more jobs at once share that bound.
       payloadPool.setMaxLiveBytes(this.config.maxMemory * Math.max(1, Math.min(this.runs.length, this.jc.perHost * 4)));
       await Promise.all(this.runs.map((r) => this.runJob(r)));
     } finally {
@@ -262,6 +268,9 @@ class JobsRun {
       if (!failure) break;
       if (failure.retry && r.attempts <= this.jc.jobRetries && !r.abort.signal.aborted) {
         if (failure.hostId) r.avoid.add(failure.hostId);
+        r.state = 'waiting';
+        r.host = '';
+        r.transport = '';
         this.sayJob(r, `${failure.line}; starting it again in a new disk${failure.hostId ? ', on another host if one is up' : ''} (try ${r.attempts + 1} of ${this.jc.jobRetries + 1})`, 'warn');
         continue;
       }
@@ -388,6 +397,7 @@ class JobsRun {
   }
 
   private sayJob(r: JobRun, line: string, level: 'warn' | 'error'): void {
+    this.progress?.breakLine();
     if (this.config.logFormat === 'json') this.logger[level]({ job: r.plan.n, where: r.plan.job.where, disk: r.diskId }, `${r.plan.label}: ${line}`);
     else process.stderr.write(`imageio-nbd: ${r.plan.label}: ${line}\n`);
   }
@@ -421,7 +431,7 @@ class JobsRun {
   }
 
   /** Every --progress seconds (and every second on a terminal): one line for the whole set. */
-  private startProgress(): { stop(): void } | undefined {
+  private startProgress(): { stop(): void; breakLine(): void } | undefined {
     const json = this.config.logFormat === 'json';
     const tty = !json && process.stderr.isTTY === true;
     const interval = this.config.progress ?? (tty ? 1 : undefined);
@@ -453,13 +463,20 @@ class JobsRun {
         .join(', ');
       const text = `jobs: ${formatSize(done)} of ${formatSize(total)}, ${formatSize(rate)}/s, ETA ${done > 0 && !final ? formatDuration(eta) : '-'}; running/done/failed: ${perHost || 'none yet'}; ${waiting} waiting`;
       process.stderr.write(tty ? `\r${text}\x1b[K${final ? '\n' : ''}` : `${text}\n`);
+      open = tty && !final;
     };
+    // A line of a terminal's progress is open (no newline yet): other lines start below it.
+    let open = false;
     const timer = setInterval(() => report(false), interval * 1000);
     timer.unref();
     return {
       stop: () => {
         clearInterval(timer);
         report(true);
+      },
+      breakLine: () => {
+        if (open) process.stderr.write('\n');
+        open = false;
       },
     };
   }
