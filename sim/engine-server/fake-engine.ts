@@ -376,6 +376,14 @@ export class FakeEngine {
     return n;
   }
 
+  /** Pause one transferring transfer (paused_system), as the engine does when its host stops answering. */
+  pauseTransfer(id: string): boolean {
+    const t = this.transfers.get(id);
+    if (t?.phase !== 'transferring') return false;
+    t.phase = 'paused_system';
+    return true;
+  }
+
   /** The imageio server that served a transfer (kept after it ended, for its counters). */
   imageioServer(transferId: string): ImageioServer | undefined {
     return this.servers.get(transferId);

@@ -110,6 +110,33 @@ test('a group with a failing job: its new disk is removed, the existing disk kep
   expect(tableRows(r.stdout).map((row) => row[6])).toEqual(['failed', 'failed', 'failed', 'ok']);
 });
 
+test('the engine pauses a group member that has copied while another still copies: the group fails, nothing is finalized, both new disks removed', async () => {
+  // Slow hosts: the big job needs 8 s through its host's 1 MiB/s; the engine's pause of the
+  // small one is seen within the monitor's period (500 ms with --inactivity-timeout 2).
+  const t = await engine({ hosts: 2, hostRate: MiB });
+  const [small] = sources(1, MiB);
+  const big = suite.dir.file('big.raw');
+  makeSource(big, 8 * MiB, 7, 1);
+  const file = jobFile([`upload ${small.src} --disk-name small --group g`, `upload ${big} --disk-name big --group g`]);
+  const p = spawnCli([...t.args, '--engine-timeout', '20', '--inactivity-timeout', '2', '--storage-domain', 'data', '--jobs', file, '--per-host', '1', '--job-retries', '0'], { env: engineEnv() });
+  const smallTransfer = await waitFor(() => {
+    const d = t.engine.state().disks.find((x) => x.name === 'small');
+    const tr = d && t.engine.state().transfers.find((x) => x.diskId === d.id);
+    const io = tr && t.engine.imageioServer(tr.id)?.stats();
+    return io && io.bytesWritten + io.bytesZeroed >= MiB ? tr : undefined;
+  }, 'the small job to have written everything');
+  expect(t.engine.pauseTransfer(smallTransfer!.id)).toBe(true);
+  const r = await p.exited;
+  expect(r.code).toBe(1);
+  await expectNothingLeft(t.engine, ['small', 'big']);
+  // Not finalized: the big job's transfer ended in failure with the group, its disk removed.
+  const st = t.engine.state();
+  expect(st.transfers.map((x) => x.phase)).toEqual(['finished_failure', 'finished_failure']);
+  expect(st.requests.filter((x) => x.endsWith('/finalize'))).toEqual([]);
+  expect(r.stderr).toMatch(/imageio-nbd: job 1 \(line 1, upload src1\.raw\): the engine paused transfer [0-9a-f-]+ on host host\d \(paused_system\).*disk [0-9a-f-]+ removed/);
+  expect(r.stderr).toMatch(/imageio-nbd: job 2 \(line 2, upload big\.raw\): job 1 \(line 1, upload src1\.raw\) of group g failed; .*disk [0-9a-f-]+ removed/);
+});
+
 test('a host that goes down mid-transfer fails only its job, which is retried on another host; exit 0', async () => {
   const t = await engine({ hosts: [{ name: 'host1', downAfterBytes: MiB }, { name: 'host2' }, { name: 'host3' }] });
   const src = sources(3, 8 * MiB);
