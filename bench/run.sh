@@ -4,6 +4,8 @@
 #   and `npm run bench -- --help` for the options).
 # npm run bench:nbdkit [-- --size 1G]: NBD overhead against nbdkit's file plugin.
 # npm run bench:floor [-- --size 2G]: the CPU floor of forwarding bytes through one Node process.
+# BENCH=jobs npm run bench [-- --size 256M --host-rate 200M --only cost|balance]: --jobs, many
+#   transfers in one process and balancing over hosts (bench/jobs-bench.ts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/node-env.sh
@@ -15,5 +17,6 @@ case "$which" in
   all|upload) exec node dist/bench/bench.js "$@" ;;
   nbdkit) exec node dist/bench/nbdkit-compare.js "$@" ;;
   floor) exec node dist/bench/forwarder-floor.js "$@" ;;
+  jobs) exec node dist/bench/jobs-bench.js "$@" ;;
   *) echo "unknown BENCH=$which" >&2; exit 2 ;;
 esac

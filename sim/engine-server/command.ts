@@ -17,6 +17,7 @@ import { FakeEngine, type FakeHostSpec } from './fake-engine';
 const OPTIONS: readonly OptionRow[] = [
   { name: 'hosts', type: 'string', arg: 'N', describe: 'Number of hosts, host1, host2, ... (default 3, at most 64)' },
   { name: 'local-host', type: 'string', arg: 'N', describe: "Give host N this machine's vdsm id (/etc/vdsm/vdsm.id, or the file IMAGEIO_NBD_VDSM_ID_FILE names), as if imageio-nbd ran on it" },
+  { name: 'host-rate', type: 'string', arg: 'RATE', describe: "Bandwidth of each host's network, e.g. 200M (bytes per second, shared by the host's transfers; default unlimited)" },
   { name: 'disk', type: 'string', arg: 'SIZE', describe: 'Create an empty disk of this size (repeatable)' },
   { name: 'storage-domain', type: 'string', arg: 'NAME', describe: 'Name of the storage domain (default data)' },
   { name: 'dir', type: 'string', arg: 'DIR', describe: 'Directory for disk images and sockets (default: a temporary one, removed at exit)' },
@@ -69,6 +70,7 @@ function parseCommandLine(argv: string[]) {
     tlsKey,
     username: lastValue(a.username) ?? 'admin@internal',
     ordinaryUser: Boolean(a['ordinary-user']),
+    hostRate: lastValue(a['host-rate']),
     passwordFile: lastValue(a['password-file']),
     control: lastValue(a.control),
     verbose: (a.verbose as number | undefined) ?? 0,
@@ -112,6 +114,7 @@ export async function runEngineServerCommand(argv: string[], signals: StopSignal
       username: args.username,
       password,
       admin: !args.ordinaryUser,
+      hostRate: args.hostRate !== undefined ? parseSize(args.hostRate, 'host rate') : undefined,
       storageDomain: args.storageDomain,
       logger,
     });

@@ -6,6 +6,7 @@
  *                                     "loseFinalizeResponse"?, "noTimeoutPolicy"?: bool, "finalizeDelayMs"?: ms}
  *   POST /tokens/expire              the next API request gets 401
  *   POST /hosts/NAME/status          {"status": "non_responsive" | "up" | ...}
+ *   POST /hosts/NAME/link            {"rate"?: bytes/s, "downAfterBytes"?: N}: bandwidth; go down after N more bytes
  *   POST /transfers/pause            every transferring transfer becomes paused_system
  *   POST /disks                      {"size": N, "name"?, "format"?, "from"?: FILE}: a disk in state ok
  */
@@ -60,6 +61,14 @@ export class EngineControlServer {
     const m = /^\/hosts\/([^/]+)\/status$/.exec(url);
     if (method === 'POST' && m) {
       e.setHostStatus(decodeURIComponent(m[1]), String(body.status));
+      return undefined;
+    }
+    const l = /^\/hosts\/([^/]+)\/link$/.exec(url);
+    if (method === 'POST' && l) {
+      e.setHostLink(decodeURIComponent(l[1]), {
+        rate: body.rate === undefined ? undefined : Number(body.rate),
+        downAfterBytes: body.downAfterBytes === undefined ? undefined : Number(body.downAfterBytes),
+      });
       return undefined;
     }
     throw new NotFound(`no route ${method} ${url}`);

@@ -34,7 +34,9 @@
  * finalize is done, the connection dropped), an engine before 4.4.5 (no timeout_policy),
  * transfer_url unreachable (only proxy_url works), tokens expiring (the next API request gets
  * 401), a host going down (its imageio drops every connection and its transfers are paused, or
- * cancelled for downloads), and pausing transfers as the engine does. `admin: false` makes the
+ * cancelled for downloads; also after a chosen number of bytes: setHostLink), and pausing
+ * transfers as the engine does. Each host may have a bandwidth limit (hostRate, setHostLink), and
+ * state() reports per host how many transfers had an imageio session at once (maxActiveTransfers). `admin: false` makes the
  * user an ordinary one (see route()).
  *
  * Not modelled: the rest of the API and its XML form, roles and permissions beyond admin or not,
@@ -71,7 +73,7 @@ import {
   type StorageDomainState,
   type TransferState,
 } from './entities';
-import { deadPort, startSession, stopSession, type Session } from './fake-host';
+import { deadPort, HostLink, sessionUrl, startSession, stopSession, type Session } from './fake-host';
 import { filterBySearch, parseSearch, SearchError } from './search';
 
 export interface FakeHostSpec {
@@ -82,6 +84,10 @@ export interface FakeHostSpec {
   vdsmId?: string;
   /** Default 'up'. */
   status?: string;
+  /** Bandwidth of the host's network, bytes per second, shared by its transfers; default FakeEngineOptions.hostRate (0: unlimited). */
+  rate?: number;
+  /** The host goes non_responsive once this many bytes crossed its network (a host down mid-transfer). */
+  downAfterBytes?: number;
 }
 
 export interface FakeEngineOptions {
@@ -103,6 +109,8 @@ export interface FakeEngineOptions {
    * query: QueryType.java), and data centers and hosts are filtered to none.
    */
   admin?: boolean;
+  /** Default bandwidth of every host's network, bytes per second (0, the default: unlimited). */
+  hostRate?: number;
   /** Default "Default". */
   dataCenter?: string;
   /** Default "data". */
@@ -140,7 +148,7 @@ export interface EngineFaults {
 export interface FakeEngineState {
   disks: DiskState[];
   transfers: TransferState[];
-  hosts: Array<Pick<HostState, 'id' | 'name' | 'status' | 'hardwareUuid' | 'vdsmId'>>;
+  hosts: Array<Pick<HostState, 'id' | 'name' | 'status' | 'hardwareUuid' | 'vdsmId'> & HostCounters>;
   storageDomain: { id: string; name: string };
   logins: number;
   failedLogins: number;
@@ -149,6 +157,16 @@ export interface FakeEngineState {
   unauthorized: number;
   /** "METHOD /path" of the API requests (after /ovirt-engine/api), in order; the latest 10000. */
   requests: string[];
+}
+
+/** What a host's imageio did: transfers with a live session (ticket installed) now, and at most at once. */
+export interface HostCounters {
+  activeTransfers: number;
+  maxActiveTransfers: number;
+  /** Transfers that ever had a session on the host. */
+  transfers: number;
+  /** Bytes through the host's network link (0 without one). */
+  linkBytes: number;
 }
 
 /** Phases a transfer ends in (ImageTransferPhase.isFinished). */
@@ -198,6 +216,8 @@ export class FakeEngine {
   private readonly cluster: ClusterState;
   private readonly sd: StorageDomainState;
   private readonly hosts: HostState[];
+  private readonly hostCounters = new Map<string, HostCounters>();
+  private readonly links = new Map<string, HostLink>();
   private readonly disks = new Map<string, DiskState>();
   private readonly transfers = new Map<string, TransferState>();
   private readonly sessions = new Map<string, Session>();
@@ -233,6 +253,9 @@ export class FakeEngine {
     this.hosts = specs.map((s, i) => {
       const dir = path.join(this.dir, `h${i + 1}`);
       mkdirSync(dir, { recursive: true });
+      const rate = s.rate ?? opts.hostRate ?? 0;
+      if (rate > 0 || s.downAfterBytes !== undefined) this.links.set(s.name, new HostLink(rate, s.downAfterBytes, () => this.setHostStatus(s.name, 'non_responsive')));
+      this.hostCounters.set(s.name, { activeTransfers: 0, maxActiveTransfers: 0, transfers: 0, linkBytes: 0 });
       return {
         id: randomUUID(),
         name: s.name,
@@ -327,6 +350,20 @@ export class FakeEngine {
     }
   }
 
+  /**
+   * Give a host a network link or change it: `rate` bytes per second (0: unlimited), and
+   * `downAfterBytes`: the host goes non_responsive once that many more bytes crossed it.
+   * Applies to transfers started afterwards.
+   */
+  setHostLink(name: string, opts: { rate?: number; downAfterBytes?: number }): void {
+    const h = this.hosts.find((x) => x.name === name);
+    if (!h) throw new Error(`no host ${name}`);
+    let link = this.links.get(name);
+    if (!link) this.links.set(name, (link = new HostLink(0, undefined, () => this.setHostStatus(name, 'non_responsive'))));
+    if (opts.rate !== undefined) link.rate = opts.rate;
+    if (opts.downAfterBytes !== undefined) link.downAfterBytes = link.bytes + opts.downAfterBytes;
+  }
+
   /** Pause every transferring transfer, as the engine does on inactivity or a host problem. */
   pauseTransfers(): number {
     let n = 0;
@@ -339,6 +376,14 @@ export class FakeEngine {
     return n;
   }
 
+  /** Pause one transferring transfer (paused_system), as the engine does when its host stops answering. */
+  pauseTransfer(id: string): boolean {
+    const t = this.transfers.get(id);
+    if (t?.phase !== 'transferring') return false;
+    t.phase = 'paused_system';
+    return true;
+  }
+
   /** The imageio server that served a transfer (kept after it ended, for its counters). */
   imageioServer(transferId: string): ImageioServer | undefined {
     return this.servers.get(transferId);
@@ -348,7 +393,15 @@ export class FakeEngine {
     return {
       disks: [...this.disks.values()].map((d) => ({ ...d })),
       transfers: [...this.transfers.values()].map((t) => ({ ...t })),
-      hosts: this.hosts.map((h) => ({ id: h.id, name: h.name, status: h.status, hardwareUuid: h.hardwareUuid, vdsmId: h.vdsmId })),
+      hosts: this.hosts.map((h) => ({
+        id: h.id,
+        name: h.name,
+        status: h.status,
+        hardwareUuid: h.hardwareUuid,
+        vdsmId: h.vdsmId,
+        ...this.hostCounters.get(h.name)!,
+        linkBytes: this.links.get(h.name)?.bytes ?? 0,
+      })),
       storageDomain: { id: this.sd.id, name: this.sd.name },
       ...this.counters,
       requests: [...this.requests],
@@ -742,7 +795,7 @@ export class FakeEngine {
     if (host.status !== 'up' || !disk) return this.stoppedBySystem(t);
     let session: Session;
     try {
-      session = await startSession(host, t, disk, { tls: this.opts.tls, logger: this.log });
+      session = await startSession(host, t, disk, { tls: this.opts.tls, logger: this.log, link: this.links.get(host.name) });
     } catch (err) {
       this.log.error({ err }, 'fake engine: cannot start imageio for a transfer');
       return this.stoppedBySystem(t);
@@ -753,8 +806,11 @@ export class FakeEngine {
     }
     this.sessions.set(t.id, session);
     this.servers.set(t.id, session.server);
+    const c = this.hostCounters.get(host.name)!;
+    c.transfers++;
+    c.maxActiveTransfers = Math.max(c.maxActiveTransfers, ++c.activeTransfers);
     const scheme = this.opts.tls ? 'https' : 'http';
-    t.transferUrl = this.faults.unreachableTransferUrl ? `${scheme}://127.0.0.1:${await deadPort()}/images/${t.ticket}` : session.server.url;
+    t.transferUrl = this.faults.unreachableTransferUrl ? `${scheme}://127.0.0.1:${await deadPort()}/images/${t.ticket}` : sessionUrl(session);
     t.proxyUrl = `${scheme}://127.0.0.1:${session.proxyPort}/images/${t.ticket}`;
     this.activity.set(t.id, { sig: -1, at: Date.now() });
     t.phase = 'transferring';
@@ -771,6 +827,8 @@ export class FakeEngine {
     t.active = false;
     if (!s) return;
     this.sessions.delete(t.id);
+    const host = this.hosts.find((h) => h.id === t.hostId);
+    if (host) this.hostCounters.get(host.name)!.activeTransfers--;
     await stopSession(s);
   }
 

@@ -12,16 +12,15 @@
  */
 import { ConfigError } from '../core/errors';
 import { parseSize } from '../core/size';
+import type { LifecycleSettings, NewDisk, TimeoutPolicy } from '../engine/transfer-lifecycle';
 
-/** What engine mode needs, checked. */
-export interface EngineConfig {
+/** What every transfer through the engine needs, checked (engine mode and --jobs). */
+export interface EngineSettings extends LifecycleSettings {
   /** The API URL, e.g. https://engine.example.com/ovirt-engine/api (no trailing slash). */
   apiUrl: string;
   username: string;
   /** Read when the run starts: its first line is the password. */
   passwordFile: string;
-  disk: { id: string } | { create: NewDisk };
-  direction: 'upload' | 'download';
   /** Run the transfer on this host (by name) instead of choosing one. */
   host?: string;
   /** The transfer's inactivity_timeout, seconds; 0 turns the engine's check off. */
@@ -37,20 +36,13 @@ export interface EngineConfig {
   finalizeTimeoutS: number;
 }
 
-/** ImageTransferTimeoutPolicy (ovirt-engine-api-model types/ImageTransferTimeoutPolicy.java, engines from 4.4.5). */
-export type TimeoutPolicy = 'legacy' | 'pause' | 'cancel';
-
-export interface NewDisk {
-  storageDomain: string;
-  /** provisioned_size, bytes. */
-  size: number;
-  /** oVirt disk formats: raw, or cow (qcow2). */
-  format: 'raw' | 'cow';
-  sparse: boolean;
-  /** Undefined: a unique name is made when the run starts. */
-  name?: string;
+/** What engine mode (one transfer) needs, checked. */
+export interface EngineConfig extends EngineSettings {
+  disk: { id: string } | { create: NewDisk };
+  direction: 'upload' | 'download';
 }
 
+export type { NewDisk, TimeoutPolicy } from '../engine/transfer-lifecycle';
 
 /** Every option of this group, for "needs --engine" checks. */
 const ENGINE_OPTIONS = [
@@ -69,6 +61,10 @@ const ENGINE_OPTIONS = [
   'timeout-policy',
   'engine-timeout',
   'finalize-timeout',
+  'jobs',
+  'copy-with',
+  'per-host',
+  'job-retries',
 ] as const;
 const NEW_DISK_OPTIONS = ['storage-domain', 'disk-name', 'disk-format', 'sparse', 'preallocated'] as const;
 
@@ -89,9 +85,9 @@ export function engineConfigFrom(a: Record<string, unknown>): EngineConfig | und
     if (stray) throw new ConfigError(`--${stray} needs --engine`);
     return undefined;
   }
-  const apiUrl = engineApiUrl(String(a.engine));
-  const username = nonEmpty(a.username, '--username');
-  const passwordFile = nonEmpty(a['password-file'], '--password-file');
+  // --jobs: each job says what to move (src/cli/jobs/jobs-options.ts).
+  if (a.jobs !== undefined) return undefined;
+  const settings = engineSettingsFrom(a);
   if (a.run === undefined) {
     throw new ConfigError('--engine needs --run: the transfer is finalized when the command succeeds, and cancelled when it fails');
   }
@@ -141,6 +137,14 @@ export function engineConfigFrom(a: Record<string, unknown>): EngineConfig | und
     throw new ConfigError('--disk-id needs --direction upload or --direction download (-r): an upload overwrites the disk, a download only reads it');
   }
 
+  return { ...settings, disk, direction };
+}
+
+/** The options every transfer through the engine shares, checked (--engine is given). */
+export function engineSettingsFrom(a: Record<string, unknown>): EngineSettings {
+  const apiUrl = engineApiUrl(String(a.engine));
+  const username = nonEmpty(a.username, '--username');
+  const passwordFile = nonEmpty(a['password-file'], '--password-file');
   const host = a.host as string | undefined;
   if (host === '') throw new ConfigError('--host needs a host name');
   const policy = a['timeout-policy'] as string | undefined;
@@ -151,8 +155,6 @@ export function engineConfigFrom(a: Record<string, unknown>): EngineConfig | und
     apiUrl,
     username,
     passwordFile,
-    disk,
-    direction,
     host,
     inactivityTimeoutS: seconds(a['inactivity-timeout'], '--inactivity-timeout', DEFAULT_INACTIVITY_TIMEOUT_S, 0),
     timeoutPolicy: policy,

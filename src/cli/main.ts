@@ -1,7 +1,7 @@
 /**
  * The imageio-nbd command: parse the command line and dispatch to what it asks for: help and
  * nbdkit's introspection options, the subcommands (verify, and the built-in servers from
- * sim/, loaded only when asked for), engine mode, or serving one export (./serve.ts).
+ * sim/, loaded only when asked for), engine mode, --jobs (./jobs/), or serving one export (./serve.ts).
  */
 import * as fs from 'node:fs';
 import { parseArgs } from './parse';
@@ -61,6 +61,11 @@ export async function main(argv: string[]): Promise<number> {
   const config = parsed.config;
   const detached = await daemonizeIfAsked(config.foreground, argv);
   if (detached !== undefined) return detached;
+  if (config.jobs) {
+    // Many transfers through the engine, spread over its hosts.
+    const { runJobs } = require('./jobs/run-jobs') as typeof import('./jobs/run-jobs');
+    return runJobs(config, createLogger({ verbose: config.verbose, format: config.logFormat }));
+  }
   if (config.engine) {
     // Engine mode: get the transfer from the oVirt engine, serve it, then finalize or cancel it.
     const { runEngineMode } = require('./engine-mode') as typeof import('./engine-mode');

@@ -69,7 +69,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { name: 'password-file', type: 'string', arg: 'FILE', group: 'engine', describe: "File whose first line is the user's password" },
   { name: 'disk-id', type: 'string', arg: 'ID', group: 'engine', describe: 'Transfer to or from this existing disk' },
   { name: 'create-disk', type: 'flag', group: 'engine', describe: 'Upload into a new disk (with --storage-domain and --size); removed again if the upload fails; its id is printed (disk-id=ID)' },
-  { name: 'storage-domain', type: 'string', arg: 'NAME', group: 'engine', describe: 'Storage domain of the new disk' },
+  { name: 'storage-domain', type: 'string', arg: 'NAME', group: 'engine', describe: 'Storage domain of the new disk (with --jobs: of every new disk whose job names none)' },
   { name: 'disk-name', type: 'string', arg: 'NAME', group: 'engine', describe: 'Name of the new disk (default imageio-nbd-DATE-TIME-RANDOM, unique)' },
   { name: 'disk-format', type: 'string', arg: 'raw|cow', group: 'engine', describe: 'Format of the new disk (default raw; cow is always thin; the transfer itself is always raw data)' },
   { name: 'sparse', type: 'flag', group: 'engine', describe: 'Make a new raw disk thin-provisioned (not on block storage)' },
@@ -80,6 +80,10 @@ export const OPTIONS: readonly OptionSpec[] = [
   { name: 'timeout-policy', type: 'string', arg: 'legacy|pause|cancel', group: 'engine', describe: 'What the engine does with an idle transfer, e.g. of a killed run (default cancel; pause for an upload into an existing disk, which cancel would delete)' },
   { name: 'engine-timeout', type: 'string', arg: 'S', group: 'engine', describe: 'Seconds to wait for each engine step before finalize: disk ready, transfer ready, cancel (default 300)' },
   { name: 'finalize-timeout', type: 'string', arg: 'S', group: 'engine', describe: "Seconds to wait for the engine's verdict once finalize was sent; nothing is deleted when it runs out (default 1800)" },
+  { name: 'jobs', type: 'string', arg: 'FILE|-', group: 'engine', describe: 'Many transfers: one job a line (upload SRC [--storage-domain SD] [--group G]..., download DISK-ID DEST) or a JSON array; spread over the hosts, copied by qemu-img or nbdcopy (see "Many disks")' },
+  { name: 'copy-with', type: 'string', arg: 'qemu-img|nbdcopy', group: 'engine', describe: 'With --jobs: the copying program (default qemu-img for qcow2, nbdcopy for raw)' },
+  { name: 'per-host', type: 'string', arg: 'N', group: 'engine', describe: "With --jobs: at most N transfers per host at a time, counting the engine's other transfers when visible (default 3)" },
+  { name: 'job-retries', type: 'string', arg: 'N', group: 'engine', describe: 'With --jobs: start a failed upload into a new disk again on another host, up to N times (default 1)' },
 
   // What the command prints.
   { name: 'stats', type: 'string', arg: 'FILE', optionalValue: true, group: 'output', describe: 'At exit: nbdkit stats-filter lines, http and process lines, on stderr or in FILE (--stats FILE works too)' },
@@ -111,7 +115,7 @@ export const UNSUPPORTED_NBDKIT_OPTIONS: ReadonlyArray<{ name: string; short?: s
 export const GROUP_TITLES: Record<OptionGroup, string> = {
   nbdkit: "nbdkit's options (nbdkit's meaning):",
   imageio: 'imageio options:',
-  engine: 'oVirt engine options (instead of a URL; need --run):',
+  engine: 'oVirt engine options (instead of a URL; need --run, or --jobs):',
   output: 'output options:',
 };
 

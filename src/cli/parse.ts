@@ -15,6 +15,7 @@ import { MIN_MAX_MEMORY } from '../nbd/receive-budget';
 import { OPTIONS, UNSUPPORTED_NBDKIT_OPTIONS } from './option-table';
 import { helpText } from './help';
 import { engineConfigFrom, type EngineConfig } from './engine-options';
+import { jobsConfigFrom, type JobsConfig } from './jobs/jobs-options';
 import { VERSION } from '../core/version';
 import { DEFAULTS } from '../core/defaults';
 
@@ -70,6 +71,8 @@ export interface RunConfig {
   ignored: string[];
   /** Engine mode (--engine): the transfer URL is obtained from the oVirt engine; `url` is '' until then. */
   engine?: EngineConfig;
+  /** --jobs: many transfers through the engine (src/cli/jobs/); `url` is ''. */
+  jobs?: JobsConfig;
 }
 
 /** nbdkit's informational modes, answered in nbdkit's format (see nbdkit-compat.ts). */
@@ -349,8 +352,9 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     }
   }
   const engine = engineConfigFrom(a);
-  if (engine && url !== undefined) throw new ConfigError('give either a transfer URL or --engine, not both');
-  if (engine) url = '';
+  const jobs = jobsConfigFrom(a);
+  if ((engine || jobs) && url !== undefined) throw new ConfigError('give either a transfer URL or --engine, not both');
+  if (engine || jobs) url = '';
   else if (url === undefined || url === '') {
     throw new ConfigError('missing URL: give an imageio transfer URL, a disk image path or memory:SIZE (see --help)');
   } else url = normalizeUrl(url);
@@ -449,8 +453,8 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     listen,
     readonly: Boolean(a.r) || engine?.direction === 'download',
     exportName: text(a.e) ?? '',
-    // nbdkit: --run, --exit-with-parent and -s all imply --foreground.
-    foreground: Boolean(a.f) || run !== undefined || Boolean(a['exit-with-parent']) || single,
+    // nbdkit: --run, --exit-with-parent and -s all imply --foreground (and so does --jobs: it reports at the end).
+    foreground: Boolean(a.f) || run !== undefined || Boolean(a['exit-with-parent']) || single || jobs !== undefined,
     run,
     exitWithParent: Boolean(a['exit-with-parent']),
     pidfile: text(a.P),
@@ -461,6 +465,7 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     progress,
     ignored,
     engine,
+    jobs,
   };
   return { kind: 'run', config };
 }

@@ -29,7 +29,7 @@ import type { DataCenter, Disk, Host, ImageTransfer, StorageDomain } from './api
 export const VDSM_ID_FILE = '/etc/vdsm/vdsm.id';
 
 /** Transfer phases that occupy a host's imageio. */
-const BUSY_PHASES: ReadonlySet<string> = new Set(['initializing', 'transferring']);
+export const BUSY_PHASES: ReadonlySet<string> = new Set(['initializing', 'transferring']);
 
 /** The engine queries placement needs (EngineClient has them). */
 export interface PlacementQueries {
@@ -99,20 +99,30 @@ export function searchValue(v: string): string {
   return /[\s"]/.test(v) ? `"${v.replace(/"/g, '\\"')}"` : v;
 }
 
+/** Step 1: the data center of the disk's storage domain; throws a plain Error saying what is not visible. */
+export async function findDataCenter(q: Pick<PlacementQueries, 'getStorageDomain' | 'getDataCenter'>, disk: Disk): Promise<DataCenter> {
+  const sdId = disk.storageDomainIds[0];
+  if (!sdId) throw new Error(`disk ${disk.id} names no storage domain`);
+  const sd = await q.getStorageDomain(sdId);
+  if (!sd) throw new Error(`storage domain ${sdId} of disk ${disk.id} is not visible to this user`);
+  const dcId = sd.dataCenterIds[0];
+  if (!dcId) throw new Error(`storage domain ${sd.name} is not attached to a data center`);
+  const found = await q.getDataCenter(dcId);
+  if (!found) throw new Error(`data center ${dcId} of storage domain ${sd.name} is not visible to this user`);
+  return found;
+}
+
+/** An error's message as it reads in a line (no code suffix). */
+export function reasonOf(err: unknown): string {
+  return why(err);
+}
+
 /** Steps 1-3 above; only --host can make it fail. */
 export async function choosePlacement(q: PlacementQueries, disk: Disk, opts: PlacementOptions = {}): Promise<Placement> {
   const { forced } = opts;
   let dc: DataCenter;
   try {
-    const sdId = disk.storageDomainIds[0];
-    if (!sdId) throw new Error(`disk ${disk.id} names no storage domain`);
-    const sd = await q.getStorageDomain(sdId);
-    if (!sd) throw new Error(`storage domain ${sdId} of disk ${disk.id} is not visible to this user`);
-    const dcId = sd.dataCenterIds[0];
-    if (!dcId) throw new Error(`storage domain ${sd.name} is not attached to a data center`);
-    const found = await q.getDataCenter(dcId);
-    if (!found) throw new Error(`data center ${dcId} of storage domain ${sd.name} is not visible to this user`);
-    dc = found;
+    dc = await findDataCenter(q, disk);
   } catch (err) {
     if (forced !== undefined) throw new EngineError('ERR_PLACEMENT', `--host ${forced}: cannot find the data center of disk ${disk.id}: ${why(err)}`);
     return noHost(`cannot find the data center of disk ${disk.id} (${why(err)})`);

@@ -377,6 +377,65 @@ describe('transfer lifecycle', () => {
   });
 });
 
+describe('hosts with a network link (bandwidth, down after N bytes) and per-host counters', () => {
+  /** A new disk and an upload transfer on `hostName`, once transferring. */
+  async function transferOn(e: FakeEngine, c: EngineClient, hostName: string, size: number) {
+    const sd = await c.findStorageDomain('data');
+    const d = await c.createDisk({ name: `d-${hostName}-${Math.random()}`, size, format: 'raw', sparse: true, storageDomainId: sd!.id });
+    await waitFor(async () => (await c.getDisk(d.id))?.status === 'ok', 'the disk to be ok');
+    const host = (await c.listHosts()).find((h) => h.name === hostName)!;
+    const t = await c.createTransfer({ diskId: d.id, direction: 'upload', hostId: host.id, inactivityTimeout: 60 });
+    return (await waitFor(async () => {
+      const x = await c.getTransfer(t.id);
+      return x?.phase === 'transferring' ? x : undefined;
+    }, 'transferring'))!;
+  }
+
+  async function put(url: string, body: Buffer): Promise<number> {
+    const u = new URL(url);
+    const io = new Client(u.origin, { connect: { ca: require('node:fs').readFileSync(pki.ca) } });
+    try {
+      const r = await io.request({ method: 'PUT', path: u.pathname, headers: { 'content-range': `bytes 0-${body.length - 1}/*` }, body });
+      await r.body.dump();
+      return r.statusCode;
+    } finally {
+      await io.close().catch(() => undefined);
+    }
+  }
+
+  test('the rate is shared by the host\'s transfers; bytes are counted; sessions at once are recorded per host', async () => {
+    const e = await start({ hosts: [{ name: 'host1', rate: 4 * MiB }, { name: 'host2' }] });
+    const c = client(e);
+    const [a, b] = [await transferOn(e, c, 'host1', 4 * MiB), await transferOn(e, c, 'host1', 4 * MiB)];
+    const started = Date.now();
+    expect(await Promise.all([put(a.transferUrl!, Buffer.alloc(MiB, 1)), put(b.transferUrl!, Buffer.alloc(MiB, 2))])).toEqual([200, 200]);
+    // 2 MiB at 4 MiB/s: at least half a second, less the link's 20 ms burst, whatever the machine's speed.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(480);
+    const h1 = e.state().hosts.find((h) => h.name === 'host1')!;
+    expect(h1.linkBytes).toBeGreaterThan(2 * MiB);
+    expect(h1).toMatchObject({ activeTransfers: 2, maxActiveTransfers: 2, transfers: 2 });
+    for (const t of [a, b]) await c.transferAction(t.id, 'finalize');
+    await waitFor(() => e.state().hosts[0].activeTransfers === 0, 'the sessions to end');
+    expect(e.state().hosts.map((h) => [h.name, h.maxActiveTransfers, h.transfers])).toEqual([
+      ['host1', 2, 2],
+      ['host2', 0, 0],
+    ]);
+  });
+
+  test('downAfterBytes: the host goes non_responsive mid-transfer, its upload is paused, other hosts are untouched', async () => {
+    const e = await start({ hosts: 2 });
+    e.setHostLink('host1', { downAfterBytes: MiB });
+    const c = client(e);
+    const t1 = await transferOn(e, c, 'host1', 4 * MiB);
+    const t2 = await transferOn(e, c, 'host2', 4 * MiB);
+    await expect(put(t1.transferUrl!, Buffer.alloc(4 * MiB, 1))).rejects.toThrow();
+    expect(e.state().hosts.map((h) => h.status)).toEqual(['non_responsive', 'up']);
+    await waitFor(async () => (await c.getTransfer(t1.id))?.phase === 'paused_system', 'the upload on host1 to be paused');
+    expect(await put(t2.transferUrl!, Buffer.alloc(MiB, 2))).toBe(200);
+    expect((await c.getTransfer(t2.id))?.phase).toBe('transferring');
+  });
+});
+
 describe('imageio-nbd engine-server and examples/upload-to-engine.sh', () => {
   test('the command prints the API URL, hosts and disks; control socket; SIGTERM stops it and removes its files', async () => {
     const dir = tmpDir('engine-cmd-');
