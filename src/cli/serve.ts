@@ -333,6 +333,8 @@ class ServeSession {
     }
 
     let shuttingDown: Promise<number> | undefined;
+    /** The stop signal that ended a --run command early, if one did. */
+    let interruptedBy: NodeJS.Signals | undefined;
     const shutdown = (reason: string, status: number): Promise<number> => {
       shuttingDown ??= (async () => {
         this.logger.info(`shutting down: ${reason}`);
@@ -357,7 +359,11 @@ class ServeSession {
         this.hooks.onShutdown?.(reason, closeFailed || stack.journal.writesFailed);
         const summary = stack.journal.summarize();
         if (summary) this.say('error', summary);
-        else if (this.held > 0) this.say('warn', `${this.held} warning${this.held === 1 ? '' : 's'} from the layers below; run with -v to see them`);
+        // An interrupted copy says so in one line (engine mode, which observes through hooks,
+        // says it itself, with what happened to the transfer).
+        else if (interruptedBy && status !== 0 && !this.hooks.onShutdown) {
+          this.say('error', `interrupted by ${interruptedBy}: the --run command was stopped, the copy is NOT complete (exit status ${status})`);
+        } else if (this.held > 0) this.say('warn', `${this.held} warning${this.held === 1 ? '' : 's'} from the layers below; run with -v to see them`);
         if (closeFailed || stack.journal.writesFailed) return status === 0 ? 1 : status;
         return status;
       })();
@@ -421,7 +427,10 @@ class ServeSession {
         }
         // Interrupted means failed: the command's own failure, or 128+N as a shell reports it.
         // Without --run, a signal is the normal way to stop a server (exit 0 once flushed).
-        if (c.run) stopRun(`received ${sig}`, sig, (code) => (code !== 0 ? code : signalStatus(sig)));
+        if (c.run) {
+          interruptedBy ??= sig;
+          stopRun(`received ${sig}`, sig, (code) => (code !== 0 ? code : signalStatus(sig)));
+        }
         else finish(`received ${sig}`, exitCode);
       };
       if (earlySignal) onSignal(earlySignal, 1);

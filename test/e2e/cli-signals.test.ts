@@ -120,6 +120,8 @@ describe('a stop signal during --run', () => {
     const r = await proc.exited;
     expect(r.code).toBe(130);
     expect(isAlive(qemuPid)).toBe(false);
+    // One line that names the cause (qemu-img, stopped by the signal, says nothing itself).
+    expect(r.stderr.trim().split('\n').pop()).toMatch(/^imageio-nbd: interrupted by SIGINT: the --run command was stopped, the copy is NOT complete \(exit status 130\)$/);
   });
 
   test('a second signal exits at once, non-zero, and removes the private socket directory', async () => {
