@@ -17,9 +17,7 @@
  *   without knowing where it came from.
  * - The pool's live bytes (handed out, not yet released, counted by backing size) never exceed
  *   maxLiveBytes, except that one request bigger than the bound is granted when nothing else is
- *   live. Live and kept-for-reuse bytes together do not exceed it either (beyond that one
- *   request): both are resident memory, and kept buffers of one size class must not add to
- *   live ones of another. allocate() waits until the bytes fit; tryAllocate() returns undefined instead.
+ *   live. allocate() waits until the bytes fit; tryAllocate() returns undefined instead.
  *   Waiters are served in order, but one that does not fit does not hold back later (smaller)
  *   ones that do: a large request waiting for memory must not stop every small one. What keeps
  *   a large waiter from waiting for ever is that the memory held by clients is bounded per
@@ -40,10 +38,7 @@ export const MIN_POOLED = 64 * 1024;
 export interface PayloadPoolOptions {
   /** Bound on live bytes (default 256 MiB). Fixed for the pool's life: the owner picks it. */
   maxLiveBytes?: number;
-  /**
-   * Bytes of released buffers kept for reuse (default: the bound). Whatever this says, live and
-   * kept bytes together stay within the bound (see dropKept()).
-   */
+  /** Bytes of released buffers kept for reuse (default a quarter of the bound, at most 32 MiB). */
   maxFreeBytes?: number;
 }
 
@@ -149,7 +144,6 @@ export class PayloadPool {
       this.freeBytes -= size;
       entry = owners.get(ab)!;
     } else {
-      this.dropKept(size);
       ab = Buffer.allocUnsafeSlow(size).buffer as ArrayBuffer;
       entry = { pool: this, size, refs: 0 };
       owners.set(ab, entry);
@@ -159,23 +153,6 @@ export class PayloadPool {
     this.live += size;
     if (this.live > this.peakLive) this.peakLive = this.live;
     return Buffer.from(ab, 0, n);
-  }
-
-  /**
-   * Free kept buffers until `size` new bytes fit beside the live and kept ones. Freed at once:
-   * transfer(0) detaches the buffer and releases its memory now; left to the garbage collector,
-   * the new buffer would be resident before the old one is gone (measured: peak RSS went up, not
-   * down). Nobody holds a view of a kept buffer (its last reference was released).
-   */
-  private dropKept(size: number): void {
-    for (const [cls, list] of this.free) {
-      while (list.length > 0 && this.live + this.freeBytes + size > this.maxLive) {
-        (list.pop() as ArrayBuffer & { transfer(n: number): ArrayBuffer }).transfer(0);
-        this.freeBytes -= cls;
-      }
-      if (list.length === 0) this.free.delete(cls);
-      if (this.live + this.freeBytes + size <= this.maxLive) return;
-    }
   }
 
   /** Called with the entry of a buffer whose last reference was released. */
