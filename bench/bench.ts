@@ -11,11 +11,16 @@
  *   backpressure  4 NBD connections x 64 x 256 KiB writes in flight, 50 ms PUT latency,
  *                 default --coalesce-idle against --coalesce-idle 1
  *   startup       spawn to listening (pidfile) and spawn to exit of --run true
+ *   https         the upload and download clients over HTTPS (--unix-socket never, as from a
+ *                 conversion host that is not an oVirt host), default options
+ *   bridges       10 imageio-nbd processes at once (one per disk, as virt-v2v runs them), each
+ *                 uploading a small disk into its own region of one built-in server's image:
+ *                 the sum of their peak RSS and CPU
  *
  *   node dist/bench/bench.js [--quick] [--size 4G] [--repeat N] [--only REGEX] [--json FILE] ...
  *   node dist/bench/bench.js --help
  */
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -59,6 +64,8 @@ const USAGE = `npm run bench -- [options]
   --bp-size SIZE     data written in the backpressure rows, over 4 connections (default 1G)
   --latency MS       PUT latency of the server in the backpressure rows (default 50)
   --startup-n N      start-up samples per measure (default 11)
+  --bridges N        imageio-nbd processes in the bridges row (default 10)
+  --bridge-size SIZE virtual size of each disk in the bridges row (default 256M, --quick 128M)
   --dir DIR          where the temporary directory goes (default ${os.tmpdir()})
   --json FILE        also write every row (all runs) as JSON
 `;
@@ -74,6 +81,8 @@ interface Options {
   bpSize: number;
   latencyMs: number;
   startupN: number;
+  bridges: number;
+  bridgeSize: number;
   dir: string;
   json?: string;
 }
@@ -83,7 +92,7 @@ class UsageError extends Error {}
 function parseOptions(argv: string[]): Options {
   const values = new Map<string, string>();
   const flags = new Set<string>();
-  const takesValue = new Set(['size', 'fraction', 'repeat', 'only', 'block-size', 'hints', 'bp-size', 'latency', 'startup-n', 'dir', 'json']);
+  const takesValue = new Set(['size', 'fraction', 'repeat', 'only', 'block-size', 'hints', 'bp-size', 'latency', 'startup-n', 'dir', 'json', 'bridges', 'bridge-size']);
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const m = /^--([a-z-]+)(?:=(.*))?$/s.exec(a);
@@ -122,6 +131,8 @@ function parseOptions(argv: string[]): Options {
     bpSize: parseSize(values.get('bp-size') ?? (quick ? '256M' : '1G')),
     latencyMs: num('latency', 50, (n) => n >= 0),
     startupN: num('startup-n', quick ? 5 : 11, (n) => Number.isInteger(n) && n >= 1),
+    bridges: num('bridges', 10, (n) => Number.isInteger(n) && n >= 1),
+    bridgeSize: parseSize(values.get('bridge-size') ?? (quick ? '128M' : '256M')),
     dir: values.get('dir') ?? os.tmpdir(),
     json: values.get('json'),
   };
@@ -130,7 +141,7 @@ function parseOptions(argv: string[]): Options {
 // ---------------------------------------------------------------------------------------------
 // Rows
 
-type Section = 'upload' | 'hint' | 'download' | 'backpressure' | 'startup';
+type Section = 'upload' | 'hint' | 'download' | 'backpressure' | 'startup' | 'https-upload' | 'https-download' | 'bridges';
 type Verdict = 'same' | 'DIFFERENT' | 'FAILED' | 'n/a';
 
 /** What one run of a row measured. */
@@ -156,6 +167,8 @@ interface RunFigures {
   exitStatus?: number;
   /** Backpressure: the streams' own MiB/s (first write to last FLUSH reply). */
   streamMiBps?: number;
+  /** Bridges: the largest peak RSS of one process (peakRssMiB is their sum). */
+  maxPeakRssMiB?: number;
   verdict: Verdict;
 }
 
@@ -212,9 +225,9 @@ function summary(row: Row) {
   const rss = med(r.map((x) => x.peakRssMiB ?? x.statsPeakRssMiB));
   const statsCpu = med(r.map((x) => x.statsCpuSeconds));
   const statsRss = med(r.map((x) => x.statsPeakRssMiB));
-  const writes = row.section === 'upload' || row.section === 'hint' || row.section === 'backpressure';
+  const writes = row.section === 'upload' || row.section === 'hint' || row.section === 'backpressure' || row.section === 'https-upload' || row.section === 'bridges';
   const put = writes ? med(r.map((x) => x.server?.bytesWritten ?? x.http?.PUT?.bytes)) : undefined;
-  const get = row.section === 'download' ? med(r.map((x) => x.server?.bytesRead ?? x.http?.GET?.bytes)) : undefined;
+  const get = row.section === 'download' || row.section === 'https-download' ? med(r.map((x) => x.server?.bytesRead ?? x.http?.GET?.bytes)) : undefined;
   const stream = med(r.map((x) => x.streamMiBps));
   const verdicts = new Set(r.map((x) => x.verdict));
   const verdict: Verdict = verdicts.has('FAILED') ? 'FAILED' : verdicts.has('DIFFERENT') ? 'DIFFERENT' : verdicts.has('same') ? 'same' : 'n/a';
@@ -310,6 +323,30 @@ interface Context {
   /** Whether the built-in server takes --latency. */
   latency?: { supported: true } | { supported: false; why: string };
   progress: { done: number; total: number };
+  /** A CA and a server certificate for the HTTPS rows, made on first use. */
+  pki?: { ca: string; cert: string; key: string };
+}
+
+/** A test CA and a certificate for 127.0.0.1 signed by it (openssl), in ctx.dir. */
+function pki(ctx: Context): { ca: string; cert: string; key: string } {
+  if (ctx.pki) return ctx.pki;
+  const dir = path.join(ctx.dir, 'pki');
+  fs.mkdirSync(dir, { recursive: true });
+  const run = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  run('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=imageio-nbd bench CA');
+  run('req', ...ec, '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=localhost');
+  fs.writeFileSync(path.join(dir, 'ext.cnf'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\n');
+  run('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'ext.cnf');
+  ctx.pki = { ca: path.join(dir, 'ca.pem'), cert: path.join(dir, 'server.pem'), key: path.join(dir, 'server.key') };
+  return ctx.pki;
+}
+
+/** Server options and imageio-nbd options for a row over HTTPS: TLS on, imageio's unix socket never used. */
+function tlsArgs(ctx: Context, tls: boolean): { server: string[]; nbd: string[] } {
+  if (!tls) return { server: [], nbd: [] };
+  const p = pki(ctx);
+  return { server: ['--tls-cert', p.cert, '--tls-key', p.key], nbd: ['--cafile', p.ca, '--unix-socket', 'never'] };
 }
 
 function progressLine(ctx: Context, label: string, i: number, fig: RunFigures, extra = ''): void {
@@ -370,12 +407,13 @@ async function withServer<T>(
 }
 
 /** Upload SRC into an empty target through imageio-nbd with `nbdArgs`; verify with cmp. */
-async function uploadOnce(ctx: Context, label: string, client: Client, nbdArgs: string[]): Promise<RunFigures> {
+async function uploadOnce(ctx: Context, label: string, client: Client, nbdArgs: string[], tls = false): Promise<RunFigures> {
   const dst = path.join(ctx.dir, 'target.raw');
   emptyTarget(dst, ctx.opts.size);
+  const t = tlsArgs(ctx, tls);
   try {
-    return await withServer(dst, ctx, [], async (server) => {
-      const run = await runThroughImageioNbd({ dir: ctx.dir, url: server.url, nbdArgs, client: client.cmd, env: { SRC: ctx.src } });
+    return await withServer(dst, ctx, t.server, async (server) => {
+      const run = await runThroughImageioNbd({ dir: ctx.dir, url: server.url, nbdArgs: [...t.nbd, ...nbdArgs], client: client.cmd, env: { SRC: ctx.src } });
       const counters = await server.stats();
       await server.stop();
       const verdict: Verdict = run.ok ? (sameBytes(ctx.src, dst) ? 'same' : 'DIFFERENT') : 'FAILED';
@@ -387,12 +425,13 @@ async function uploadOnce(ctx: Context, label: string, client: Client, nbdArgs: 
   }
 }
 
-async function downloadOnce(ctx: Context, label: string, client: Client, nbdArgs: string[]): Promise<RunFigures> {
+async function downloadOnce(ctx: Context, label: string, client: Client, nbdArgs: string[], tls = false): Promise<RunFigures> {
   const out = path.join(ctx.dir, 'out.raw');
   fs.rmSync(out, { force: true });
+  const t = tlsArgs(ctx, tls);
   try {
-    return await withServer(ctx.src, ctx, ['--readonly'], async (server) => {
-      const run = await runThroughImageioNbd({ dir: ctx.dir, url: server.url, nbdArgs: ['--readonly', ...nbdArgs], client: client.cmd, env: { OUT: out } });
+    return await withServer(ctx.src, ctx, ['--readonly', ...t.server], async (server) => {
+      const run = await runThroughImageioNbd({ dir: ctx.dir, url: server.url, nbdArgs: ['--readonly', ...t.nbd, ...nbdArgs], client: client.cmd, env: { OUT: out } });
       const counters = await server.stats();
       await server.stop();
       const verdict: Verdict = run.ok ? (fs.existsSync(out) && sameBytes(ctx.src, out) ? 'same' : 'DIFFERENT') : 'FAILED';
@@ -513,6 +552,127 @@ function downloadJobs(ctx: Context): Job[] {
         ),
     };
   });
+}
+
+/** HTTPS rows: every upload and download client, default options (--quick: nbdcopy's two). */
+function httpsJobs(ctx: Context): Job[] {
+  const pick = (cs: Client[]) => (ctx.opts.quick ? cs.filter((c) => c.name.startsWith('nbdcopy')) : cs);
+  const jobs: Job[] = [];
+  for (const client of pick(UPLOAD_CLIENTS)) {
+    const label = `https-upload | ${client.name}`;
+    const nbdArgs = blockSizeArgs(ctx.opts);
+    jobs.push({
+      section: 'https-upload',
+      label,
+      run: () =>
+        repeatRow(
+          ctx,
+          { section: 'https-upload', label, params: { client: client.name }, defaults: nbdArgs.length === 0, dataBytes: ctx.layout!.dataBytes, runs: [], missed: [] },
+          () => uploadOnce(ctx, label, client, nbdArgs, true),
+          (fig) => ` PUT/data ${fig.server ? (fig.server.bytesWritten / ctx.layout!.dataBytes).toFixed(3) : '?'}`,
+        ),
+    });
+  }
+  for (const client of pick(DOWNLOAD_CLIENTS)) {
+    const label = `https-download | ${client.name}`;
+    const nbdArgs = blockSizeArgs(ctx.opts);
+    jobs.push({
+      section: 'https-download',
+      label,
+      run: () =>
+        repeatRow(
+          ctx,
+          { section: 'https-download', label, params: { client: client.name }, defaults: nbdArgs.length === 0, dataBytes: ctx.layout!.dataBytes, runs: [], missed: [] },
+          () => downloadOnce(ctx, label, client, nbdArgs, true),
+          (fig) => ` GET/data ${fig.server ? (fig.server.bytesRead / ctx.layout!.dataBytes).toFixed(3) : '?'}`,
+        ),
+    });
+  }
+  return jobs;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bridges: N imageio-nbd processes at once, one per disk, into one server.
+
+/** virt-v2v's nbdcopy flags; --target-is-zero so that a disk's holes are not written over its neighbours' regions. */
+const BRIDGE_CLIENT = 'nbdcopy --request-size=4194304 --requests=16 --flush --target-is-zero "$SRC" "$uri"';
+
+/**
+ * The built-in server serves one image, so the N disks are regions of it: disk i is a source
+ * as large as the whole image, with data only in region i (a small seeded image placed there,
+ * its zero blocks left as holes). Each bridge exports the whole ticket; nbdcopy with
+ * --target-is-zero writes only disk i's data, so the N copies never overlap.
+ */
+function bridgeJobs(ctx: Context): Job[] {
+  const n = ctx.opts.bridges;
+  const disk = Math.floor(ctx.opts.bridgeSize / (4 * MiB)) * 4 * MiB;
+  const label = `bridges | ${n} x nbdcopy 4M x16 --flush | ${formatMiB(disk)} MiB disks`;
+  return [
+    {
+      section: 'bridges',
+      label,
+      run: async () => {
+        const row: Row = { section: 'bridges', label, params: { n: String(n), disk: formatMiB(disk) }, defaults: false, dataBytes: 0, runs: [], missed: [] };
+        const small: string[] = [];
+        const sources: string[] = [];
+        for (let i = 0; i < n; i++) {
+          small.push(path.join(ctx.dir, `disk-${i}.small.raw`));
+          sources.push(path.join(ctx.dir, `disk-${i}.raw`));
+          row.dataBytes += writeSparseImage(small[i], { size: disk, dataFraction: ctx.opts.fraction, seed: 100 + i }).dataBytes;
+          emptyTarget(sources[i], disk * n);
+          execFileSync('dd', [`if=${small[i]}`, `of=${sources[i]}`, 'bs=1M', `seek=${(i * disk) / MiB}`, 'conv=sparse,notrunc', 'status=none']);
+        }
+        try {
+          return await repeatRow(ctx, row, () => bridgesOnce(ctx, label, small, sources, disk));
+        } finally {
+          for (const f of [...small, ...sources]) fs.rmSync(f, { force: true });
+        }
+      },
+    },
+  ];
+}
+
+async function bridgesOnce(ctx: Context, label: string, small: string[], sources: string[], disk: number): Promise<RunFigures> {
+  const n = sources.length;
+  const dst = path.join(ctx.dir, 'bridges-target.raw');
+  emptyTarget(dst, disk * n);
+  try {
+    return await withServer(dst, ctx, [], async (server) => {
+      const runs = await Promise.all(
+        sources.map((src, i) => {
+          const dir = path.join(ctx.dir, `bridge-${i}`);
+          fs.mkdirSync(dir, { recursive: true });
+          return runThroughImageioNbd({ dir, url: server.url, nbdArgs: [], client: BRIDGE_CLIENT, env: { SRC: src } });
+        }),
+      );
+      const counters = await server.stats();
+      await server.stop();
+      let verdict: Verdict = runs.every((r) => r.ok) ? 'same' : 'FAILED';
+      for (let i = 0; i < n && verdict === 'same'; i++) {
+        // Region i of the target against disk i's own image.
+        const c = spawnSync('cmp', ['-s', '-n', String(disk), '-i', `0:${i * disk}`, small[i], dst]);
+        if (c.status !== 0) verdict = 'DIFFERENT';
+      }
+      runs.forEach((r, i) => {
+        if (!r.ok || verdict === 'DIFFERENT') reportFailure(`${label} (bridge ${i})`, r);
+      });
+      const sum = (xs: Array<number | undefined>) => (xs.every((x) => x !== undefined) ? (xs as number[]).reduce((a, b) => a + b, 0) : undefined);
+      const fig = figures(runs[0], counters, verdict);
+      fig.ok = verdict === 'same';
+      fig.error = runs.find((r) => r.error)?.error;
+      fig.wallSeconds = Math.max(...runs.map((r) => r.wallSeconds));
+      fig.cpuSeconds = sum(runs.map((r) => r.rusage?.cpuSeconds));
+      fig.peakRssMiB = sum(runs.map((r) => r.rusage?.peakRssMiB));
+      fig.maxPeakRssMiB = runs.every((r) => r.rusage) ? Math.max(...runs.map((r) => r.rusage!.peakRssMiB)) : undefined;
+      fig.statsCpuSeconds = sum(runs.map((r) => r.stats.cpuSeconds));
+      fig.statsPeakRssMiB = sum(runs.map((r) => r.stats.peakRssMiB));
+      fig.http = undefined;
+      fig.nbd = undefined;
+      return fig;
+    });
+  } finally {
+    fs.rmSync(dst, { force: true });
+  }
 }
 
 const BP_CONNS = 4;
@@ -680,8 +840,8 @@ function evaluate(rows: Row[]): void {
     if (s.verdict !== 'same') m.push('cmp');
     if (s.cpuPerGiB === undefined || s.cpuPerGiB > TARGET.cpuPerGiB) m.push('cpu');
     if (row.defaults && (s.rss === undefined || s.rss > TARGET.rssMiB)) m.push('rss');
-    if ((row.section === 'upload' || row.section === 'hint') && (s.putRatio === undefined || s.putRatio > TARGET.bytesRatio)) m.push('put');
-    if (row.section === 'download' && (s.getRatio === undefined || s.getRatio > TARGET.bytesRatio)) m.push('get');
+    if ((row.section === 'upload' || row.section === 'hint' || row.section === 'https-upload') && (s.putRatio === undefined || s.putRatio > TARGET.bytesRatio)) m.push('put');
+    if ((row.section === 'download' || row.section === 'https-download') && (s.getRatio === undefined || s.getRatio > TARGET.bytesRatio)) m.push('get');
     row.missed = m;
   }
   // Coalescing on never slower than off (same client, same connections).
@@ -743,6 +903,7 @@ function targetLines(rows: Row[]): TargetLine[] {
   const sec = (...s: Section[]) => measured.filter((r) => s.includes(r.section));
   add(`imageio-nbd CPU <= ${TARGET.cpuPerGiB} s per GiB of data, uploads (every client configuration)`, sec('upload', 'backpressure'), (r) => summary(r).cpuPerGiB, TARGET.cpuPerGiB, 2, ' s/GiB');
   add(`imageio-nbd CPU <= ${TARGET.cpuPerGiB} s per GiB of data, downloads`, sec('download'), (r) => summary(r).cpuPerGiB, TARGET.cpuPerGiB, 2, ' s/GiB');
+  add(`imageio-nbd CPU <= ${TARGET.cpuPerGiB} s per GiB of data, HTTPS uploads and downloads`, sec('https-upload', 'https-download'), (r) => summary(r).cpuPerGiB, TARGET.cpuPerGiB, 2, ' s/GiB');
   add(`peak RSS <= ${TARGET.rssMiB} MiB with default options, every row`, measured.filter((r) => r.defaults), (r) => summary(r).rss, TARGET.rssMiB, 0, ' MiB');
   // Coalescing on against off.
   const pairs: Array<{ on: Row; ratio: number }> = [];
@@ -872,6 +1033,40 @@ function sectionText(ctx: Context, rows: Row[]): string {
     );
   }
 
+  for (const [sec, what] of [['https-upload', 'Upload over HTTPS'], ['https-download', 'Download over HTTPS']] as const) {
+    const rs = of(sec);
+    if (!rs.length) continue;
+    out.push(`### ${what} (the built-in server with a certificate, imageio-nbd --cafile CA --unix-socket never, default options${rep})`, '');
+    out.push(
+      table(
+        ['client', 'wall s', 'data MiB/s', 'cpu s', 'cpu s/GiB', 'peak RSS MiB', sec === 'https-upload' ? 'PUT/data' : 'GET/data', 'HTTP requests (count x mean MiB)', 'cmp', 'targets missed'],
+        rs.map((r) => {
+          const s = summary(r);
+          return [r.params.client, f(s.wall), f(s.mibps, 0), cpuCell(r), f(s.cpuPerGiB), rssCell(r), f(sec === 'https-upload' ? s.putRatio : s.getRatio, 3), httpCell(first(r)), s.verdict, missedCell(r)];
+        }),
+      ),
+      '',
+    );
+  }
+
+  const br = of('bridges');
+  if (br.length) {
+    out.push(
+      `### Bridges (${ctx.opts.bridges} imageio-nbd processes at once, one per disk, each running \`${BRIDGE_CLIENT.replace(/ "\$SRC" "\$uri"/, '')}\` into its own region of one built-in server's image${rep})`,
+      '',
+    );
+    out.push(
+      table(
+        ['bridges', 'disk MiB', 'data MiB (all)', 'wall s (last exit)', 'total cpu s', 'cpu s/GiB', 'total peak RSS MiB', 'largest peak RSS MiB', 'PUT/data', 'cmp'],
+        br.map((r) => {
+          const s = summary(r);
+          return [r.params.n, r.params.disk, formatMiB(r.dataBytes), f(s.wall), cpuCell(r), f(s.cpuPerGiB), rssCell(r), f(med(r.runs.map((x) => x.maxPeakRssMiB)), 0), f(s.putRatio, 3), s.verdict];
+        }),
+      ),
+      '',
+    );
+  }
+
   const bp = of('backpressure').filter((r) => r.note !== 'not needed: the server has --latency');
   if (bp.length) {
     const total = bp[0].dataBytes;
@@ -962,15 +1157,15 @@ async function main(): Promise<number> {
   const host = describeHost();
   try {
     // Jobs are listed before the image exists; the image is made only if a job needs it.
-    const sizeRows = (): Job[] => [...uploadJobs(ctx), ...hintJobs(ctx), ...downloadJobs(ctx)];
-    const jobs = [...sizeRows(), ...backpressureJobs(ctx)].filter((j) => opts.only.test(j.label));
+    const sizeRows = (): Job[] => [...uploadJobs(ctx), ...hintJobs(ctx), ...downloadJobs(ctx), ...httpsJobs(ctx)];
+    const jobs = [...sizeRows(), ...backpressureJobs(ctx), ...bridgeJobs(ctx)].filter((j) => opts.only.test(j.label));
     jobs.push(...startupJobs(ctx));
     if (jobs.length === 0) {
       process.stderr.write(`bench: no row matches --only ${opts.only.source}\n`);
       return 2;
     }
     ctx.progress.total = jobs.length;
-    if (jobs.some((j) => j.section === 'upload' || j.section === 'hint' || j.section === 'download')) {
+    if (jobs.some((j) => ['upload', 'hint', 'download', 'https-upload', 'https-download'].includes(j.section))) {
       process.stderr.write(`bench: writing the ${formatMiB(opts.size)} MiB source image\n`);
       ctx.layout = writeSparseImage(ctx.src, { size: opts.size, dataFraction: opts.fraction, seed: 42 });
     }

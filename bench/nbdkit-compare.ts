@@ -1,9 +1,15 @@
 /**
  * NBD server overhead against nbdkit (npm run bench:nbdkit): copy a generated sparse image
  * with nbdcopy and with qemu-img into `imageio-nbd file:///target` and into `nbdkit file
- * target`, the same kind of target, in the same run, and print both wall times, both servers'
- * CPU seconds, and the ratios (targets: wall within 1.3x of nbdkit, CPU within 1.5x).
- * Each pair runs `--repeat` times (default 3) and the median is reported.
+ * target`, and into `imageio-nbd memory:SIZE` and `nbdkit memory SIZE`, the same kind of
+ * target in the same run, and print both wall times, both servers' CPU seconds, and the
+ * ratios (target: within 1.3x of nbdkit). Each pair runs `--repeat` times (default 3), the
+ * two servers alternating, and the median is reported.
+ *
+ * Every copy is byte-verified. File targets are compared with cmp after the timed run. A
+ * memory target is gone when its server exits, so each (client, server) pair first makes one
+ * untimed run that copies, reads the export back with nbdcopy and compares; the timed runs
+ * then copy only, so the read-back costs neither wall time nor server CPU in the figures.
  *
  * CPU of a server = CPU of the server command with everything it waited for (/usr/bin/time
  * around it) minus the CPU of the client it ran with --run (/usr/bin/time around that too), so
@@ -39,6 +45,10 @@ const CLIENTS = [
   { name: 'qemu-img convert -n -W', cmd: 'qemu-img convert -n -W -f raw -O raw "$SRC" "$uri"' },
 ];
 
+/** The two kinds of target: where the copy goes for each server, and how it is checked. */
+const BACKENDS = ['file', 'memory'] as const;
+type Backend = (typeof BACKENDS)[number];
+
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const fmt = (x: number, digits = 2) => (Number.isFinite(x) ? x.toFixed(digits) : 'n/a');
 
@@ -51,6 +61,7 @@ async function main(): Promise<number> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'imageio-nbd-vs-nbdkit-'));
   const src = path.join(dir, 'source.raw');
   const dst = path.join(dir, 'target.raw');
+  const check = path.join(dir, 'read-back.raw');
   const serverTime = path.join(dir, 'server.time');
   const clientTime = path.join(dir, 'client.time');
   const statsFile = path.join(dir, 'stats.txt');
@@ -58,42 +69,59 @@ async function main(): Promise<number> {
   try {
     const layout = writeSparseImage(src, { size, seed: 7, dataFraction });
     process.stderr.write(`bench: ${size} bytes virtual, ${layout.dataBytes} bytes data, ${layout.extents} extents\n`);
-    const env = { ...process.env, SRC: src };
+    const env = { ...process.env, SRC: src, CHECK: check };
     const rows: string[][] = [];
-    for (const c of CLIENTS) {
-      const wall = { nbdkit: [] as number[], ours: [] as number[] };
-      const cpu = { nbdkit: [] as number[], ours: [] as number[] };
-      const rss: number[] = [];
-      const run = withCpu ? `${TIME} -f '%U %S' -o "${clientTime}" ${c.cmd}` : c.cmd;
-      for (let i = 0; i < repeat; i++) {
-        for (const server of ['nbdkit', 'imageio-nbd'] as const) {
-          emptyTarget(dst, size);
-          const serverArgv =
-            server === 'nbdkit'
-              ? ['nbdkit', '-U', '-', 'file', dst, '--run', run]
-              : [process.execPath, CLI, '-U', '-', `--stats=${statsFile}`, `file://${dst}`, '--run', run];
-          const argv = withCpu ? [TIME, '-f', '%U %S', '-o', serverTime, ...serverArgv] : serverArgv;
-          const r = await timed(argv, env);
-          if (r.status !== 0 || !sameBytes(src, dst)) {
-            failures++;
-            process.stderr.write(`bench: ${server} ${c.name} failed (exit ${r.status})\n${r.stderr.slice(-2000)}\n`);
+    const serverArgv = (server: 'nbdkit' | 'imageio-nbd', backend: Backend, run: string): string[] => {
+      if (server === 'nbdkit') return ['nbdkit', '-U', '-', ...(backend === 'file' ? ['file', dst] : ['memory', String(size)]), '--run', run];
+      return [process.execPath, CLI, '-U', '-', `--stats=${statsFile}`, backend === 'file' ? `file://${dst}` : `memory:${size}`, '--run', run];
+    };
+    for (const backend of BACKENDS) {
+      for (const c of CLIENTS) {
+        const label = `${backend} | ${c.name}`;
+        if (backend === 'memory') {
+          // The untimed check: copy, read the export back, compare, in one server's life.
+          for (const server of ['nbdkit', 'imageio-nbd'] as const) {
+            emptyTarget(check, 0);
+            const r = await timed(serverArgv(server, backend, `${c.cmd} && nbdcopy "$uri" "$CHECK"`), env);
+            if (r.status !== 0 || !sameBytes(src, check)) {
+              failures++;
+              process.stderr.write(`bench: ${server} ${label}: read-back check failed (exit ${r.status})\n${r.stderr.slice(-2000)}\n`);
+            }
           }
-          const key = server === 'nbdkit' ? 'nbdkit' : 'ours';
-          wall[key].push(r.seconds);
-          cpu[key].push(cpuFrom(serverTime) - cpuFrom(clientTime));
-          if (server === 'imageio-nbd') {
-            const st = fs.existsSync(statsFile) ? parseStats(fs.readFileSync(statsFile, 'utf8')) : undefined;
-            rss.push(st?.peakRssMiB ?? NaN);
+          fs.rmSync(check, { force: true });
+        }
+        const wall = { nbdkit: [] as number[], ours: [] as number[] };
+        const cpu = { nbdkit: [] as number[], ours: [] as number[] };
+        const rss: number[] = [];
+        const run = withCpu ? `${TIME} -f '%U %S' -o "${clientTime}" ${c.cmd}` : c.cmd;
+        for (let i = 0; i < repeat; i++) {
+          // Alternate which server goes first, so a change of load hits both alike.
+          const order = i % 2 === 0 ? (['nbdkit', 'imageio-nbd'] as const) : (['imageio-nbd', 'nbdkit'] as const);
+          for (const server of order) {
+            if (backend === 'file') emptyTarget(dst, size);
+            const argv = serverArgv(server, backend, run);
+            const r = await timed(withCpu ? [TIME, '-f', '%U %S', '-o', serverTime, ...argv] : argv, env);
+            if (r.status !== 0 || (backend === 'file' && !sameBytes(src, dst))) {
+              failures++;
+              process.stderr.write(`bench: ${server} ${label} failed (exit ${r.status})\n${r.stderr.slice(-2000)}\n`);
+            }
+            const key = server === 'nbdkit' ? 'nbdkit' : 'ours';
+            wall[key].push(r.seconds);
+            cpu[key].push(cpuFrom(serverTime) - cpuFrom(clientTime));
+            if (server === 'imageio-nbd') {
+              const st = fs.existsSync(statsFile) ? parseStats(fs.readFileSync(statsFile, 'utf8')) : undefined;
+              rss.push(st?.peakRssMiB ?? NaN);
+            }
           }
         }
+        const [wt, wo, ct, co] = [median(wall.nbdkit), median(wall.ours), median(cpu.nbdkit), median(cpu.ours)];
+        rows.push([backend, c.name, fmt(wt), fmt(wo), fmt(wo / wt), fmt(ct), fmt(co), fmt(co / ct), fmt(median(rss), 0)]);
+        process.stderr.write(
+          `bench: ${label}: nbdkit ${fmt(wt)} s wall ${fmt(ct)} s CPU, imageio-nbd ${fmt(wo)} s wall ${fmt(co)} s CPU\n`,
+        );
       }
-      const [wt, wo, ct, co] = [median(wall.nbdkit), median(wall.ours), median(cpu.nbdkit), median(cpu.ours)];
-      rows.push([c.name, fmt(wt), fmt(wo), fmt(wo / wt), fmt(ct), fmt(co), fmt(co / ct), fmt(median(rss), 0)]);
-      process.stderr.write(
-        `bench: ${c.name}: nbdkit ${fmt(wt)} s wall ${fmt(ct)} s CPU, imageio-nbd ${fmt(wo)} s wall ${fmt(co)} s CPU\n`,
-      );
     }
-    const headers = ['client', 'nbdkit wall s', 'ours wall s', 'wall ratio', 'nbdkit CPU s', 'ours CPU s', 'CPU ratio', 'ours peak RSS MiB'];
+    const headers = ['target', 'client', 'nbdkit wall s', 'ours wall s', 'wall ratio', 'nbdkit CPU s', 'ours CPU s', 'CPU ratio', 'ours peak RSS MiB'];
     process.stdout.write(table(headers, rows) + '\n');
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });

@@ -121,6 +121,8 @@ export class NbdConnection implements PayloadWaiter {
   /** Waiting for a WRITE payload buffer (reading is paused meanwhile). */
   private waitingMemory = false;
   private closed = false;
+  /** The socket is corked until the tick queue runs (see batch()). */
+  private batching = false;
   private resolveDone!: () => void;
 
   constructor(
@@ -549,12 +551,11 @@ export class NbdConnection implements PayloadWaiter {
     const header = structured
       ? encodeOffsetDataHeader(h.cookie, offset, data.length, last)
       : encodeSimpleReply(h.cookie, NbdError.OK);
-    this.socket.cork();
+    this.batch();
     this.socket.write(header);
     // The callback runs once the bytes are written, or with an error if the socket fails or is
     // destroyed first: either way the buffer is ours to release then.
     this.socket.write(data, sent);
-    this.socket.uncork();
   }
 
   private sendError(h: RequestHeader, errno: NbdError, message: string): void {
@@ -567,19 +568,34 @@ export class NbdConnection implements PayloadWaiter {
   }
 
   private write(buf: Buffer): void {
-    if (this.writable()) this.socket.write(buf);
+    if (!this.writable()) return;
+    this.batch();
+    this.socket.write(buf);
   }
 
   private writeAll(bufs: Buffer[]): void {
     if (bufs.length === 0 || !this.writable()) return;
-    if (bufs.length === 1) {
-      this.socket.write(bufs[0]);
-      return;
-    }
-    this.socket.cork();
+    this.batch();
     for (const b of bufs) this.socket.write(b);
-    this.socket.uncork();
   }
+
+  /**
+   * Replies made in one burst go out in one writev rather than one write(2) each: when a PUT
+   * completes and frees buffer space, dozens of waiting WRITEs are acknowledged by the same
+   * chain of promise continuations. The socket stays corked until the tick queue runs, which is
+   * after those continuations, so no reply waits for anything but the code already running.
+   */
+  private batch(): void {
+    if (this.batching) return;
+    this.batching = true;
+    this.socket.cork();
+    process.nextTick(this.endBatch);
+  }
+
+  private readonly endBatch = (): void => {
+    this.batching = false;
+    this.socket.uncork();
+  };
 
   // -------------------------------------------------------------------------------------------
   // Lifecycle

@@ -11,8 +11,13 @@
  * and says nothing is reported through `onWaiting`, and the probe gives up after `waitMs`.
  */
 import * as net from 'node:net';
-import * as tls from 'node:tls';
+import type * as Tls from 'node:tls';
 import { ConfigError } from '../../core/errors';
+
+// node:tls (and the OpenSSL state it sets up) is loaded on first use: a transfer over imageio's
+// unix socket or plain HTTP never needs it, and loading it costs about 4 MiB of resident memory.
+let tlsModule: typeof Tls | undefined;
+const tlsConnect = (options: Tls.ConnectionOptions): Tls.TLSSocket => (tlsModule ??= require('node:tls') as typeof Tls).connect(options);
 
 export interface ProbeOptions {
   connectTimeoutMs: number;
@@ -77,7 +82,7 @@ async function tryTls(host: string, port: number, timeoutMs: number, waitMs: num
   if (!s) return 'unreachable';
   return new Promise((resolve) => {
     let done = false;
-    const t = tls.connect({ socket: s, rejectUnauthorized: false, servername: net.isIP(host) ? undefined : host });
+    const t = tlsConnect({ socket: s, rejectUnauthorized: false, servername: net.isIP(host) ? undefined : host });
     const finish = (o: Outcome) => {
       if (done) return;
       done = true;

@@ -97,17 +97,36 @@ export interface ConnectionHooks {
  * the client's 256 KiB writes would be copied once more and its pages faulted in fresh. Written
  * one at a time, OpenSSL encrypts straight from the payload buffers; measured on a 1 GiB upload
  * of 8 MiB PUTs (32 x 256 KiB), this is about 0.2 CPU s per GiB less (docs/performance.md).
+ *
+ * Pieces longer than TLS_WRITE_MAX are written in parts of that size (views, not copies).
  */
+/**
+ * The most written to a TLS socket at once. Node encrypts a whole write into its own output
+ * buffer before the socket takes any of it, so a 4 MiB piece (nbdcopy --request-size=4194304)
+ * held 4 MiB more per connection: 131 against 108 MiB peak RSS over the unix socket.
+ */
+const TLS_WRITE_MAX = 256 * 1024;
+
 function writeOneByOne(socket: Socket, parts: readonly Buffer[]): Promise<void> {
   return new Promise((resolve) => {
     let i = 0;
+    let off = 0;
     const done = (): void => {
       socket.off('close', done);
       resolve();
     };
     const next = (err?: Error | null): void => {
       if (err || i === parts.length || socket.destroyed) return done();
-      socket.write(parts[i++], next);
+      const part = parts[i];
+      const end = Math.min(part.length, off + TLS_WRITE_MAX);
+      const piece = off === 0 && end === part.length ? part : part.subarray(off, end);
+      if (end === part.length) {
+        i++;
+        off = 0;
+      } else {
+        off = end;
+      }
+      socket.write(piece, next);
     };
     socket.on('close', done);
     next();

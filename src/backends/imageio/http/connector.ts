@@ -14,7 +14,12 @@
  *   keep-alive probes after 60 s idle, like the connector this replaced.
  */
 import * as net from 'node:net';
-import * as tls from 'node:tls';
+import type * as Tls from 'node:tls';
+
+// node:tls (and the OpenSSL state it sets up) is loaded on first use: a transfer over imageio's
+// unix socket or plain HTTP never needs it, and loading it costs about 4 MiB of resident memory.
+let tlsModule: typeof Tls | undefined;
+const tlsConnect = (options: Tls.ConnectionOptions): Tls.TLSSocket => (tlsModule ??= require('node:tls') as typeof Tls).connect(options);
 
 /** Where connections go. */
 export interface Endpoint {
@@ -81,7 +86,7 @@ export function connectSocket(e: Endpoint, onread: ReadInto, slot: TlsSessionSlo
       const host = bareHost(e.hostname);
       // tls.connect takes `onread` like net.connect (Node's own TLSSocket passes it on), but
       // @types/node does not declare it there.
-      const options: tls.ConnectionOptions & { onread: ReadInto } = {
+      const options: Tls.ConnectionOptions & { onread: ReadInto } = {
         host,
         port: Number(e.port || 443),
         // SNI carries names only; with an IP literal the certificate is checked against the IP.
@@ -92,7 +97,7 @@ export function connectSocket(e: Endpoint, onread: ReadInto, slot: TlsSessionSlo
         rejectUnauthorized: e.tls?.rejectUnauthorized ?? true,
         onread,
       };
-      const t = tls.connect(options);
+      const t = tlsConnect(options);
       t.on('session', (s: Buffer) => (slot.session = s));
       socket = t;
     } else {
@@ -118,7 +123,7 @@ export function connectSocket(e: Endpoint, onread: ReadInto, slot: TlsSessionSlo
     // and an 'error' emitted in between must not be an uncaught exception.
     socket.on('error', (err) => settle(err));
     socket.once(secure ? 'secureConnect' : 'connect', () => {
-      const problem = secure ? alpnProblem((socket as tls.TLSSocket).alpnProtocol) : undefined;
+      const problem = secure ? alpnProblem((socket as Tls.TLSSocket).alpnProtocol) : undefined;
       settle(problem ? new ConnectError(problem, 'ERR_ALPN') : undefined);
     });
   });
