@@ -511,7 +511,7 @@ export class NbdConnection implements PayloadWaiter {
       let granted = this.account.tryReply(want, structured);
       if (granted === 0) {
         if (this.debug) this.log.debug({ bytes: want }, 'waiting for reply memory');
-        granted = await this.account.waitReply(want, structured);
+        granted = await this.account.waitReply(want, structured, done > 0);
         if (granted === 0) return; // the connection closed: nobody to answer
       }
       let buf: Buffer;

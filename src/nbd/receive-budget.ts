@@ -53,7 +53,9 @@ interface Waiting {
   /** Bytes counted: the pool size class of the request. */
   size: number;
   kind: Kind;
-  grant: () => void;
+  /** A piece of a READ reply: any power of two from MIN_PIECE up to `size` will do; grant() gets it. */
+  flexible?: boolean;
+  grant: (size: number) => void;
   /** Its connection closed before it was served. */
   cancelled?: () => void;
 }
@@ -116,6 +118,15 @@ export class ReceiveBudget {
     return true;
   }
 
+  /** What `w` can be given now: its size, a smaller piece if it takes one, or 0. */
+  private grantable(w: Waiting): number {
+    if (this.allows(w.account, w.size, w.kind)) return w.size;
+    // Pieces only when what is lacking is held by other connections (see tryReply()).
+    if (!w.flexible || w.account.replies > 0) return 0;
+    for (let piece = w.size / 2; piece >= MIN_PIECE; piece /= 2) if (this.allows(w.account, piece, w.kind)) return piece;
+    return 0;
+  }
+
   private fairShare(): number {
     return this.limit / Math.max(1, this.active.size);
   }
@@ -139,9 +150,15 @@ export class ReceiveBudget {
     this.wake();
   }
 
-  /** @internal queue a request; `grant` runs once it has been counted. */
-  enqueue(w: Waiting): void {
-    this.queue.push(w);
+  /**
+   * @internal queue a request; `grant` runs once it has been counted. `first`: ahead of the
+   * other requests of its connection (the rest of a READ already being answered: until its
+   * last piece, the read-ahead window under it stays pinned).
+   */
+  enqueue(w: Waiting, first = false): void {
+    const at = first ? this.queue.findIndex((q) => q.account === w.account) : -1;
+    if (at >= 0) this.queue.splice(at, 0, w);
+    else this.queue.push(w);
     w.account.waiting++;
     this.active.add(w.account);
     this.wake();
@@ -172,14 +189,15 @@ export class ReceiveBudget {
       granted = false;
       for (let i = 0; i < this.queue.length; ) {
         const w = this.queue[i];
-        if (!this.allows(w.account, w.size, w.kind)) {
+        const size = this.grantable(w);
+        if (size === 0) {
           i++;
           continue;
         }
         this.queue.splice(i, 1);
         w.account.waiting--;
-        this.take(w.account, w.size, w.kind);
-        w.grant();
+        this.take(w.account, size, w.kind);
+        w.grant(size);
         granted = true;
       }
     }
@@ -214,7 +232,7 @@ export class ClientAccount {
       account: this,
       size: PayloadPool.sizeClass(n),
       kind: 'receive',
-      grant: () => {
+      grant: (_size) => {
         // Admitted; the pool may still make it wait if work that finishes on its own holds
         // memory. Delivered from a microtask: the waiter's connection pumps, and that must not
         // run inside another connection's pump (done() is called from there).
@@ -245,6 +263,11 @@ export class ClientAccount {
       return length;
     }
     if (!split) return 0;
+    // A READ within the cap is split only when the memory it lacks is held by other
+    // connections: replies of its own come back as its client reads them, and pieces would
+    // leave the read-ahead window under each READ pinned until its last piece (measured:
+    // virt-v2v's nbdcopy, 16 x 4 MiB in flight, stalled until read-ahead gave up, 2 s).
+    if (whole <= cap && this.replies > 0) return 0;
     for (let piece = 2 ** Math.floor(Math.log2(Math.min(length, cap))); piece >= MIN_PIECE; piece /= 2) {
       if (piece >= length) continue;
       if (this.budget.allows(this, piece, 'reply')) {
@@ -256,14 +279,36 @@ export class ClientAccount {
   }
 
   /**
-   * Wait for reply memory: the whole `length`, or with `split` a piece of at most 1 MiB.
-   * Resolves with the length granted, or 0 if the connection closed first.
+   * Wait for reply memory: the whole `length`, or with `split` the largest piece that fits when
+   * its turn comes (a power of two of at least 1 MiB, within the reply cap; the whole READ when
+   * it fits). `rest`: the READ is already being answered, so this goes ahead of the
+   * connection's other waiting READs. Resolves with the length granted, or 0 if the connection
+   * closed first.
    */
-  waitReply(length: number, split: boolean): Promise<number> {
-    const n = split ? Math.min(length, MIN_PIECE) : length;
+  waitReply(length: number, split: boolean, rest = false): Promise<number> {
     if (this.closed) return Promise.resolve(0);
+    if (!split) {
+      return new Promise((resolve) =>
+        this.budget.enqueue({ account: this, size: PayloadPool.sizeClass(length), kind: 'reply', grant: () => resolve(length), cancelled: () => resolve(0) }, rest),
+      );
+    }
+    const whole = PayloadPool.sizeClass(length);
+    const cap = 2 ** Math.floor(Math.log2(Math.max(MIN_PIECE, this.budget.replyCap)));
+    // What is counted must be what replySent() gives back: the size class of the length granted.
+    const size = Math.min(whole, cap);
     return new Promise((resolve) =>
-      this.budget.enqueue({ account: this, size: PayloadPool.sizeClass(n), kind: 'reply', grant: () => resolve(n), cancelled: () => resolve(0) }),
+      this.budget.enqueue(
+        {
+          account: this,
+          size,
+          kind: 'reply',
+          flexible: size > MIN_PIECE,
+          // The whole READ when its size class was granted, else the piece (never more than asked).
+          grant: (granted) => resolve(granted >= whole ? length : Math.min(granted, length)),
+          cancelled: () => resolve(0),
+        },
+        rest,
+      ),
     );
   }
 

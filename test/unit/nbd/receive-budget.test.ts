@@ -107,4 +107,59 @@ describe('ReceiveBudget', () => {
     a.done(32 * MiB);
     expect(budget.waiting).toBe(0);
   });
+  test('READs within the reply cap are not split while the connection’s own replies fill the memory (virt-v2v’s nbdcopy: 16 x 4 MiB)', async () => {
+    const { budget } = setup();
+    const a = budget.account();
+    // Four whole 4 MiB replies, then the cap (18 MiB) leaves 2 MiB: the fifth READ waits whole
+    // rather than being answered in pieces that pin read-ahead windows.
+    for (let i = 0; i < 4; i++) expect(a.tryReply(4 * MiB, true)).toBe(4 * MiB);
+    expect(a.tryReply(4 * MiB, true)).toBe(0);
+    const got: number[] = [];
+    const waits = [a.waitReply(4 * MiB, true).then((n) => got.push(n)), a.waitReply(4 * MiB, true).then((n) => got.push(n))];
+    a.replySent(4 * MiB);
+    await Promise.resolve();
+    expect(got).toEqual([4 * MiB]); // whole, in order
+    for (let i = 0; i < 4; i++) a.replySent(4 * MiB);
+    await Promise.all(waits);
+    expect(got).toEqual([4 * MiB, 4 * MiB]);
+    a.replySent(4 * MiB);
+    expect(budget.heldBytes).toBe(0);
+  });
+
+  test('a small READ waiting with split allowed counts exactly what its reply gives back', async () => {
+    const { budget } = setup();
+    const a = budget.account();
+    const b = budget.account();
+    const payload = a.tryTake(32 * MiB)!; // 32 of 36 MiB held by another connection
+    for (let i = 0; i < 16; i++) expect(b.tryReply(256 * 1024, true)).toBe(256 * 1024);
+    const n = b.waitReply(256 * 1024, true);
+    for (let i = 0; i < 16; i++) b.replySent(256 * 1024);
+    expect(await n).toBe(256 * 1024);
+    b.replySent(256 * 1024);
+    releaseBuffer(payload);
+    a.done(32 * MiB);
+    expect(budget.heldBytes).toBe(0);
+  });
+
+  test('the rest of a READ being answered goes ahead of the connection’s other waiting READs', async () => {
+    const { budget } = setup();
+    const a = budget.account();
+    const b = budget.account();
+    const c = budget.account();
+    const payload = a.tryTake(32 * MiB)!;
+    const payload2 = c.tryTake(4 * MiB)!; // all 36 MiB held by other connections
+    const order: string[] = [];
+    const first = b.waitReply(2 * MiB, true).then(() => order.push('new READ'));
+    const rest = b.waitReply(2 * MiB, true, true).then(() => order.push('rest of a READ'));
+    expect(order).toEqual([]);
+    releaseBuffer(payload);
+    a.done(32 * MiB);
+    releaseBuffer(payload2);
+    c.done(4 * MiB);
+    await Promise.all([first, rest]);
+    expect(order).toEqual(['rest of a READ', 'new READ']);
+    b.replySent(2 * MiB);
+    b.replySent(2 * MiB);
+    expect(budget.heldBytes).toBe(0);
+  });
 });
