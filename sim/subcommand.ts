@@ -1,7 +1,8 @@
 /**
  * What the built-in servers' subcommands (`imageio-server`, `engine-server`) share: their TLS
- * files, numbers from their command lines, printing what a client needs to stdout without
- * depending on anyone reading it, and serving until a stop signal.
+ * files, fractional numbers from their command lines (whole numbers: core/command-line.ts),
+ * printing what a client needs to stdout without depending on anyone reading it, and serving
+ * until a stop signal.
  */
 import { promises as fsp } from 'node:fs';
 
@@ -12,14 +13,6 @@ import { promises as fsp } from 'node:fs';
 export function announce(text: string): void {
   if (process.stdout.listenerCount('error') === 0) process.stdout.on('error', () => undefined);
   process.stdout.write(text);
-}
-
-/** A whole number option from min to max, or undefined when absent; throws one line naming it. */
-export function wholeNumberOption(text: string | undefined, opt: string, min: number, max: number): number | undefined {
-  if (text === undefined) return undefined;
-  const n = /^\s*\d+\s*$/.test(text) ? Number(text) : NaN;
-  if (!Number.isSafeInteger(n) || n < min || n > max) throw new Error(`invalid --${opt} '${text}': expected a whole number from ${min} to ${max}`);
-  return n;
 }
 
 /** A number option (fractions allowed) of at least min, or undefined when absent. */

@@ -6,10 +6,10 @@
  *   disk=ID name=disk1 size=1073741824            (one per --disk)
  */
 import { promises as fsp } from 'node:fs';
-import { allValues, formatHelp, lastValue, optionLabel, OptionParser, type OptionRow } from '../../src/core/command-line';
+import { allValues, formatHelp, lastValue, optionLabel, OptionParser, wholeNumberOption, type OptionRow } from '../../src/core/command-line';
 import { parseSize } from '../../src/core/size';
 import { createLogger } from '../../src/core/log';
-import { announce, readTlsFiles, stopSignal, wholeNumberOption, type StopSignals } from '../subcommand';
+import { announce, readTlsFiles, stopSignal, type StopSignals } from '../subcommand';
 import { readVdsmId, VDSM_ID_FILE } from '../../src/engine/placement';
 import { EngineControlServer } from './control';
 import { FakeEngine, type FakeHostSpec } from './fake-engine';
@@ -57,14 +57,14 @@ function parseCommandLine(argv: string[]) {
   const tlsCert = lastValue(a['tls-cert']);
   const tlsKey = lastValue(a['tls-key']);
   if (!!tlsCert !== !!tlsKey) throw new Error('--tls-cert and --tls-key go together');
-  const hosts = wholeNumberOption(lastValue(a.hosts), 'hosts', 1, 64) ?? 3;
+  const hosts = wholeNumberOption(a.hosts, '--hosts', 1, 64) ?? 3;
   return {
     hosts,
-    localHost: wholeNumberOption(lastValue(a['local-host']), 'local-host', 1, hosts),
+    localHost: wholeNumberOption(a['local-host'], '--local-host', 1, hosts),
     disks: allValues(a.disk).map((d) => parseSize(d, 'disk size')),
     storageDomain: lastValue(a['storage-domain']) ?? 'data',
     dir: lastValue(a.dir),
-    port: wholeNumberOption(lastValue(a.port), 'port', 0, 65535) ?? 0,
+    port: wholeNumberOption(a.port, '--port', 0, 65535) ?? 0,
     address: lastValue(a.address) ?? '127.0.0.1',
     tlsCert,
     tlsKey,

@@ -6,11 +6,11 @@
  * "\0/org/ovirt/imageio"; `--unix PATH` for a file system socket, `--no-unix` for none.
  */
 import { promises as fsp } from 'node:fs';
-import { allValues, formatHelp, lastValue, optionLabel, OptionParser, type OptionRow } from '../../src/core/command-line';
+import { allValues, formatHelp, lastValue, optionLabel, OptionParser, wholeNumberOption, type OptionRow } from '../../src/core/command-line';
 import { parseSize } from '../../src/core/size';
 import { VERSION } from '../../src/core/version';
 import { createLogger } from '../../src/core/log';
-import { announce, numberOption, readTlsFiles, stopSignal, wholeNumberOption, type StopSignals } from '../subcommand';
+import { announce, numberOption, readTlsFiles, stopSignal, type StopSignals } from '../subcommand';
 import { ControlServer } from './control';
 import { DATA_OPS, type FaultOp } from './faults';
 import { IMAGEIO_VERSION } from './http-errors';
@@ -86,7 +86,7 @@ function parseCommandLine(argv: string[]) {
   return {
     image,
     size: size !== undefined ? parseSize(size, 'size') : undefined,
-    port: wholeNumberOption(lastValue(a.port), 'port', 0, 65535) ?? 0,
+    port: wholeNumberOption(a.port, '--port', 0, 65535) ?? 0,
     host: lastValue(a.host) ?? '127.0.0.1',
     unix: localSocket(unix, a['no-unix'] === true),
     ticket: lastValue(a.ticket),

@@ -8,7 +8,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ConfigError } from '../core/errors';
-import { lastValue, OptionParser } from '../core/command-line';
+import { lastValue, OptionParser, wholeNumberOption } from '../core/command-line';
 import { parseSize } from '../core/size';
 import { NBD_DEFAULT_PORT } from '../nbd/codec/constants';
 import { MIN_MAX_MEMORY } from '../nbd/receive-budget';
@@ -137,18 +137,6 @@ function truthy(v: string): boolean {
 
 /** The value of a string option as typed (the last one when repeated). */
 const text = lastValue;
-
-/** A whole number typed on the command line, or undefined when absent. */
-function wholeNumber(v: unknown, opt: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
-  const t = text(v);
-  if (t === undefined) return undefined;
-  const n = /^\s*\d+\s*$/.test(t) ? Number(t) : NaN;
-  if (!Number.isSafeInteger(n) || n < min || n > max) {
-    const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `from ${min} to ${max}`;
-    throw new ConfigError(`invalid ${opt} '${t}': expected a whole number ${range}`);
-  }
-  return n;
-}
 
 /** Seconds typed on the command line (fractions allowed), or undefined when absent. */
 function seconds(v: unknown, opt: string, min: number, max: number): number | undefined {
@@ -368,7 +356,7 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
   if (a.n) ignored.push('--newstyle (always)');
 
   const unixOpt = text(a.U);
-  const portOpt = wholeNumber(a.p, '--port', 0, 65535);
+  const portOpt = wholeNumberOption(a.p, '--port', 0, 65535);
   const hostOpt = text(a.i);
   const single = Boolean(a.s);
   const v4 = Boolean(a['4']);
@@ -438,7 +426,7 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     cafile,
     insecure,
     unixSocket,
-    connections: wholeNumber(a.connections, '--connections', 1) ?? CLI_DEFAULTS.connections,
+    connections: wholeNumberOption(a.connections, '--connections', 1) ?? CLI_DEFAULTS.connections,
     requestSize,
     readahead,
     maxBuffer,
@@ -448,7 +436,7 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     requestTimeoutMs: Math.round((seconds(a['request-timeout'], '--request-timeout', 0.001, 86400) ?? CLI_DEFAULTS.requestTimeoutSeconds) * 1000),
     minRate,
     maxMemory,
-    retries: wholeNumber(a.retries, '--retries', 0, 100) ?? CLI_DEFAULTS.retries,
+    retries: wholeNumberOption(a.retries, '--retries', 0, 100) ?? CLI_DEFAULTS.retries,
     keepAliveMs: Math.round((seconds(a.keepalive, '--keepalive', 0.1, 86400) ?? CLI_DEFAULTS.keepAliveSeconds) * 1000),
     listen,
     readonly: Boolean(a.r) || engine?.direction === 'download',
@@ -458,7 +446,7 @@ export async function parseArgs(argv: string[]): Promise<ParseResult> {
     run,
     exitWithParent: Boolean(a['exit-with-parent']),
     pidfile: text(a.P),
-    threads: wholeNumber(a.t, '--threads', 1, 1024) ?? CLI_DEFAULTS.threads,
+    threads: wholeNumberOption(a.t, '--threads', 1, 1024) ?? CLI_DEFAULTS.threads,
     verbose: (a.v as number | undefined) ?? 0,
     logFormat,
     stats,

@@ -7,6 +7,7 @@
  * every start.
  */
 import { parseArgs as nodeParseArgs } from 'node:util';
+import { ConfigError } from './errors';
 
 /** A row of an option table, as the parser and the help need it. */
 export interface OptionRow {
@@ -86,6 +87,21 @@ export class OptionParser {
 export function lastValue(v: unknown): string | undefined {
   if (v === undefined) return undefined;
   return Array.isArray(v) ? String(v[v.length - 1]) : String(v);
+}
+
+/**
+ * A whole-number option's value (the last one given), from min to max, or undefined when the
+ * option is absent; anything else is one line naming the option (`opt`, with its dashes).
+ */
+export function wholeNumberOption(v: unknown, opt: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
+  const t = lastValue(v);
+  if (t === undefined) return undefined;
+  const n = /^\s*\d+\s*$/.test(t) ? Number(t) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `from ${min} to ${max}`;
+    throw new ConfigError(`invalid ${opt} '${t}': expected a whole number ${range}`);
+  }
+  return n;
 }
 
 /** Every value of a repeatable string option. */
