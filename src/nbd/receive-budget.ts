@@ -121,7 +121,9 @@ export class ReceiveBudget {
   /** What `w` can be given now: its size, a smaller piece if it takes one, or 0. */
   private grantable(w: Waiting): number {
     if (this.allows(w.account, w.size, w.kind)) return w.size;
-    // Pieces only when what is lacking is held by other connections (see tryReply()).
+    // A waiting READ takes a smaller piece only while its connection holds no replies of its
+    // own (those come back as its client reads them). Stricter than tryReply(), which also
+    // splits a READ above the reply cap at once: a waiter already had that chance.
     if (!w.flexible || w.account.replies > 0) return 0;
     for (let piece = w.size / 2; piece >= MIN_PIECE; piece /= 2) if (this.allows(w.account, piece, w.kind)) return piece;
     return 0;
