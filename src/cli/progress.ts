@@ -117,33 +117,94 @@ export function formatDuration(seconds: number): string {
   return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')} min`;
 }
 
-export class ProgressReporter {
+/** One progress report: the line for people and the JSON record's message and fields. */
+export interface ProgressReport {
+  text: string;
+  message: string;
+  fields: Record<string, unknown>;
+}
+
+/**
+ * Where progress goes, every `intervalMs` and once more at the end: a line rewritten in place on
+ * a terminal (other output first calls breakLine()), plain lines otherwise, or JSON records.
+ * Shared by one export's progress and the --jobs set's.
+ */
+export class ProgressLine {
   private timer?: NodeJS.Timeout;
-  private readonly started: number;
-  private readonly now: () => number;
-  private readonly write: (s: string) => void;
   /** A line is on the terminal without its newline yet. */
   private open = false;
+  private readonly write: (s: string) => void;
 
-  constructor(private readonly opts: ProgressOptions) {
-    this.now = opts.now ?? Date.now;
+  constructor(
+    private readonly opts: {
+      intervalMs: number;
+      format: 'pretty' | 'json';
+      /** Rewrite one line in place (a terminal). */
+      tty: boolean;
+      /** The report now; `final` for the last one. */
+      report: (final: boolean) => ProgressReport;
+      write?: (s: string) => void;
+    },
+  ) {
     this.write = opts.write ?? ((s) => process.stderr.write(s));
-    this.started = this.now();
   }
 
   start(): void {
-    this.timer = setInterval(() => this.report(), this.opts.intervalMs);
+    this.timer = setInterval(() => this.emit(false), this.opts.intervalMs);
     this.timer.unref();
+  }
+
+  /** The final report; no more after it. */
+  finish(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.emit(true);
+  }
+
+  /** Before other output on a terminal: end the line being rewritten. */
+  breakLine(): void {
+    if (this.open) this.write('\n');
+    this.open = false;
+  }
+
+  private emit(final: boolean): void {
+    const r = this.opts.report(final);
+    if (this.opts.format === 'json') emitRecord('json', r.message, r.fields, this.write);
+    else if (this.opts.tty) {
+      this.write(`\r${r.text}\x1b[K${final ? '\n' : ''}`);
+      this.open = !final;
+    } else this.write(r.text + '\n');
+  }
+}
+
+export class ProgressReporter {
+  private readonly started: number;
+  private readonly now: () => number;
+  private readonly line: ProgressLine;
+  private outcome?: ProgressOutcome;
+
+  constructor(private readonly opts: ProgressOptions) {
+    this.now = opts.now ?? Date.now;
+    this.started = this.now();
+    this.line = new ProgressLine({ intervalMs: opts.intervalMs, format: opts.format, tty: opts.tty, write: opts.write, report: () => this.report(this.outcome) });
+  }
+
+  start(): void {
+    this.line.start();
   }
 
   /** The final line; no more lines after it. */
   finish(outcome: ProgressOutcome): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = undefined;
-    this.report(outcome);
+    this.outcome = outcome;
+    this.line.finish();
   }
 
-  private report(outcome?: ProgressOutcome): void {
+  /** Before other output on a terminal: end the line being rewritten. */
+  breakLine(): void {
+    this.line.breakLine();
+  }
+
+  private report(outcome?: ProgressOutcome): ProgressReport {
     const c = this.opts.counters();
     const size = this.opts.size;
     const done = Math.min(c.done, size);
@@ -161,9 +222,11 @@ export class ProgressReporter {
       const head = outcome.done ? 'done' : `NOT done (${outcome.why})`;
       text = `progress: ${head}: ${shown.toFixed(1)}% of ${formatSize(size)} (${what}) in ${formatDuration(elapsed)}, ${formatSize(rate)}/s`;
     }
-    if (this.opts.format === 'json') {
-      const final = outcome !== undefined;
-      emitRecord('json', 'progress', {
+    const final = outcome !== undefined;
+    return {
+      text,
+      message: 'progress',
+      fields: {
         progress: {
           final,
           ...(outcome ? { complete: outcome.done, ...(outcome.done ? {} : { why: outcome.why }) } : {}),
@@ -178,18 +241,7 @@ export class ProgressReporter {
           bytesPerSecond: Math.round(rate),
           etaSeconds: final ? 0 : Math.round(eta),
         },
-      }, this.write);
-    } else if (this.opts.tty) {
-      this.write(`\r${text}\x1b[K${outcome ? '\n' : ''}`);
-      this.open = !outcome;
-    } else {
-      this.write(text + '\n');
-    }
-  }
-
-  /** Before other output on a terminal: end the line being rewritten. */
-  breakLine(): void {
-    if (this.open) this.write('\n');
-    this.open = false;
+      },
+    };
   }
 }

@@ -29,7 +29,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { RunConfig } from '../parse';
 import { ConfigError, EngineError, ImageioNbdError, describeError } from '../../core/errors';
-import { emitRecord, type Logger } from '../../core/log';
+import type { Logger } from '../../core/log';
 import { formatSize } from '../../core/size';
 import { PayloadPool } from '../../core/payload-pool';
 import { processSignals, signalStatus } from '../signals';
@@ -37,7 +37,7 @@ import type { EngineClient } from '../../engine/engine-client';
 import { HostSlots, type Slot } from '../../engine/host-slots';
 import { Interrupted, TransferLifecycle, type TransferSpec } from '../../engine/transfer-lifecycle';
 import { engineLogin, localVdsmId, noticeLogger } from '../engine-mode';
-import { formatDuration } from '../progress';
+import { formatDuration, ProgressLine, type ProgressReport } from '../progress';
 import { parseJobList, type Job } from './job-list';
 import { JobExport } from './job-export';
 import type { JobsConfig } from './jobs-options';
@@ -434,7 +434,7 @@ class JobsRun {
     const tty = !json && process.stderr.isTTY === true;
     const interval = this.config.progress ?? (tty ? 1 : undefined);
     if (interval === undefined) return undefined;
-    const report = (final: boolean) => {
+    const report = (final: boolean): ProgressReport => {
       const done = this.runs.reduce((s, r) => s + this.bytesOf(r), 0);
       const total = this.runs.reduce((s, r) => s + r.total, 0);
       const elapsed = (Date.now() - this.started) / 1000;
@@ -449,34 +449,21 @@ class JobsRun {
         else h.running++;
       }
       const waiting = this.runs.filter((r) => r.state === 'waiting').length;
-      if (json) {
-        emitRecord('json', 'jobs progress', {
-          progress: { final, bytesDone: done, bytesTotal: total, bytesPerSecond: Math.round(rate), etaSeconds: Math.round(eta), elapsedSeconds: Number(elapsed.toFixed(3)), waiting, hosts },
-        });
-        return;
-      }
       const perHost = Object.entries(hosts)
         .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
         .map(([name, h]) => `${name} ${h.running}/${h.done}/${h.failed}`)
         .join(', ');
-      const text = `jobs: ${formatSize(done)} of ${formatSize(total)}, ${formatSize(rate)}/s, ETA ${done > 0 && !final ? formatDuration(eta) : '-'}; running/done/failed: ${perHost || 'none yet'}; ${waiting} waiting`;
-      process.stderr.write(tty ? `\r${text}\x1b[K${final ? '\n' : ''}` : `${text}\n`);
-      open = tty && !final;
+      return {
+        text: `jobs: ${formatSize(done)} of ${formatSize(total)}, ${formatSize(rate)}/s, ETA ${done > 0 && !final ? formatDuration(eta) : '-'}; running/done/failed: ${perHost || 'none yet'}; ${waiting} waiting`,
+        message: 'jobs progress',
+        fields: {
+          progress: { final, bytesDone: done, bytesTotal: total, bytesPerSecond: Math.round(rate), etaSeconds: Math.round(eta), elapsedSeconds: Number(elapsed.toFixed(3)), waiting, hosts },
+        },
+      };
     };
-    // A line of a terminal's progress is open (no newline yet): other lines start below it.
-    let open = false;
-    const timer = setInterval(() => report(false), interval * 1000);
-    timer.unref();
-    return {
-      stop: () => {
-        clearInterval(timer);
-        report(true);
-      },
-      breakLine: () => {
-        if (open) process.stderr.write('\n');
-        open = false;
-      },
-    };
+    const line = new ProgressLine({ intervalMs: interval * 1000, format: json ? 'json' : 'pretty', tty, report });
+    line.start();
+    return { stop: () => line.finish(), breakLine: () => line.breakLine() };
   }
 
   /** The outcome of every job: a table on stdout, or one JSON record per job with --log-format json. */
