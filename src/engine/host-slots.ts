@@ -19,7 +19,7 @@
  * Decisions are taken one at a time, in the order asked, and each is one line (`onDecision`).
  */
 import type { Disk, Host, ImageTransfer } from './api-types';
-import { activeTransfersPerHost, findDataCenter, reasonOf, searchValue, type Placement, type PlacementQueries } from './placement';
+import { activeTransfersPerHost, findDataCenter, pickLeastLoaded, reasonOf, searchValue, type Placement, type PlacementQueries } from './placement';
 
 export interface HostSlotsOptions {
   perHost: number;
@@ -96,11 +96,9 @@ export class HostSlots {
           return this.take(local.id, { host: local, local: true, line: '' });
         }
         if (free.length > 0) {
-          const min = Math.min(...free.map(view.load));
-          const ties = free.filter((h) => view.load(h) === min).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-          const host = ties[Math.min(ties.length - 1, Math.floor((this.opts.random ?? Math.random)() * ties.length))];
+          const { host, tied } = pickLeastLoaded(free, view.load, this.opts.random);
           const rest = view.hosts.filter((h) => h !== host).map((h) => `${h.name}: ${view.load(h)}`);
-          const why = this.opts.forced !== undefined ? 'chosen by --host' : rest.length ? `chosen over ${rest.join(', ')}${ties.length > 1 ? ' (ties broken at random)' : ''}` : 'the only candidate';
+          const why = this.opts.forced !== undefined ? 'chosen by --host' : rest.length ? `chosen over ${rest.join(', ')}${tied > 1 ? ' (ties broken at random)' : ''}` : 'the only candidate';
           this.opts.onDecision(`${label}: ${host.name}: ${this.loadText(view, host)}, ${why}`);
           return this.take(host.id, { host, local: false, line: '' });
         }

@@ -69,20 +69,28 @@ export function activeTransfersPerHost(transfers: ImageTransfer[]): Map<string, 
 const plural = (n: number) => `${n} active transfer${n === 1 ? '' : 's'}`;
 const byName = (a: Host, b: Host) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
 
+/**
+ * The host of `candidates` (not empty) with the least `load`, at random among equals (so runs
+ * started together spread out); `tied`: how many shared that load.
+ */
+export function pickLeastLoaded(candidates: Host[], load: (h: Host) => number, random: () => number = Math.random): { host: Host; tied: number } {
+  const min = Math.min(...candidates.map(load));
+  const ties = candidates.filter((h) => load(h) === min).sort(byName);
+  return { host: ties[Math.min(ties.length - 1, Math.floor(random() * ties.length))], tied: ties.length };
+}
+
 /** The least busy of `candidates` (not empty), ties broken with `random`. */
 export function leastBusy(candidates: Host[], transfers: ImageTransfer[], dataCenter: string, random: () => number = Math.random): Placement {
   const counts = activeTransfersPerHost(transfers);
   const busy = (h: Host) => counts.get(h.id) ?? 0;
-  const min = Math.min(...candidates.map(busy));
-  const ties = candidates.filter((h) => busy(h) === min).sort(byName);
-  const host = ties[Math.min(ties.length - 1, Math.floor(random() * ties.length))];
+  const { host, tied } = pickLeastLoaded(candidates, busy, random);
   const rest = candidates
     .filter((h) => h !== host)
     .sort(byName)
     .map((h) => `${h.name}: ${busy(h)}`)
     .join(', ');
   if (!rest) return { host, local: false, line: `${host.name}: ${plural(busy(host))}, the only up host in data center ${dataCenter}` };
-  return { host, local: false, line: `${host.name}: ${plural(busy(host))}, chosen over ${rest}${ties.length > 1 ? ' (ties broken at random)' : ''}` };
+  return { host, local: false, line: `${host.name}: ${plural(busy(host))}, chosen over ${rest}${tied > 1 ? ' (ties broken at random)' : ''}` };
 }
 
 function noHost(reason: string): Placement {
