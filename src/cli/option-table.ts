@@ -7,6 +7,8 @@ import { optionLabel, type OptionRow } from '../core/command-line';
 import { DEFAULTS } from '../core/defaults';
 import { formatSizeOption } from '../core/size';
 import { NBD_DEFAULT_PORT } from '../nbd/codec/constants';
+import { DEFAULT_ENGINE_TIMEOUT_S, DEFAULT_FINALIZE_TIMEOUT_S, DEFAULT_INACTIVITY_TIMEOUT_S } from './engine-options';
+import { DEFAULT_JOB_RETRIES, DEFAULT_PER_HOST } from './jobs/jobs-options';
 
 /** Defaults in --help come from the one table (src/core/defaults.ts), written as a user types them. */
 const size = formatSizeOption;
@@ -76,14 +78,14 @@ export const OPTIONS: readonly OptionSpec[] = [
   { name: 'preallocated', type: 'flag', group: 'engine', describe: 'Make a new raw disk preallocated (the default for raw; refused for cow)' },
   { name: 'direction', type: 'string', arg: 'upload|download', group: 'engine', describe: 'upload writes the disk, download reads it (a read-only export); required with --disk-id' },
   { name: 'host', type: 'string', arg: 'NAME', group: 'engine', describe: 'Run the transfer on this host instead of choosing one (default: this machine if it can, else the least busy, else the engine chooses)' },
-  { name: 'inactivity-timeout', type: 'string', arg: 'S', group: 'engine', describe: 'Seconds without client activity before the engine applies --timeout-policy (default 120; keep-alives go well within it)' },
+  { name: 'inactivity-timeout', type: 'string', arg: 'S', group: 'engine', describe: `Seconds without client activity before the engine applies --timeout-policy (default ${DEFAULT_INACTIVITY_TIMEOUT_S}; keep-alives go well within it)` },
   { name: 'timeout-policy', type: 'string', arg: 'legacy|pause|cancel', group: 'engine', describe: 'What the engine does with an idle transfer, e.g. of a killed run (default cancel; pause for an upload into an existing disk, which cancel would delete)' },
-  { name: 'engine-timeout', type: 'string', arg: 'S', group: 'engine', describe: 'Seconds to wait for each engine step before finalize: disk ready, transfer ready, cancel (default 300)' },
-  { name: 'finalize-timeout', type: 'string', arg: 'S', group: 'engine', describe: "Seconds to wait for the engine's verdict once finalize was sent; nothing is deleted when it runs out (default 1800)" },
+  { name: 'engine-timeout', type: 'string', arg: 'S', group: 'engine', describe: `Seconds to wait for each engine step before finalize: disk ready, transfer ready, cancel (default ${DEFAULT_ENGINE_TIMEOUT_S})` },
+  { name: 'finalize-timeout', type: 'string', arg: 'S', group: 'engine', describe: `Seconds to wait for the engine's verdict once finalize was sent; nothing is deleted when it runs out (default ${DEFAULT_FINALIZE_TIMEOUT_S})` },
   { name: 'jobs', type: 'string', arg: 'FILE|-', group: 'engine', describe: 'Many transfers: one job a line (upload SRC [--storage-domain SD] [--group G]..., download DISK-ID DEST) or a JSON array; spread over the hosts, copied by qemu-img or nbdcopy (see "Many disks")' },
   { name: 'copy-with', type: 'string', arg: 'qemu-img|nbdcopy', group: 'engine', describe: 'With --jobs: the copying program (default qemu-img for qcow2, nbdcopy for raw)' },
-  { name: 'per-host', type: 'string', arg: 'N', group: 'engine', describe: "With --jobs: at most N transfers per host at a time, counting the engine's other transfers when visible (default 3)" },
-  { name: 'job-retries', type: 'string', arg: 'N', group: 'engine', describe: 'With --jobs: start a failed upload into a new disk again on another host, up to N times (default 1)' },
+  { name: 'per-host', type: 'string', arg: 'N', group: 'engine', describe: `With --jobs: at most N transfers per host at a time, counting the engine's other transfers when visible (default ${DEFAULT_PER_HOST})` },
+  { name: 'job-retries', type: 'string', arg: 'N', group: 'engine', describe: `With --jobs: start a failed upload into a new disk again on another host, up to N times (default ${DEFAULT_JOB_RETRIES})` },
 
   // What the command prints.
   { name: 'stats', type: 'string', arg: 'FILE', optionalValue: true, group: 'output', describe: 'At exit: nbdkit stats-filter lines, http and process lines, on stderr or in FILE (--stats FILE works too)' },
